@@ -1,0 +1,45 @@
+# Kiln: bake a production VPS image for a Django monolith, boot it, prove it.
+# `make help` lists the targets. Every target installs what it needs itself (Debian/Ubuntu host, run as root).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+DISTRO ?= debian-13
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export DISTRO
+
+# Packages the host needs for the app tests and lint (the image build installs its own in packer/scripts/build.sh).
+HOST_PACKAGES := mariadb-server redis-server shellcheck default-libmysqlclient-dev pkg-config build-essential \
+                 python3-venv python3-dev
+
+# Each stage prints a timestamped start and its duration, so a slow step is visible in CI logs.
+stage = @printf '\n==> %s  [%s]\n' '$(1)' "$$(date -u +%T)"; t0=$$(date +%s); $(2); printf '<== %s done in %ss\n' '$(1)' "$$(( $$(date +%s) - t0 ))"
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo "  Variables: DISTRO=$(DISTRO) (debian-13 | ubuntu-24.04), VENV=$(VENV)"
+
+.PHONY: deps
+deps: $(VENV)/.installed ## Install host packages and the virtualenv the tests need
+	$(call stage,host packages,tools/apt-ensure.sh $(HOST_PACKAGES))
+
+$(VENV)/.installed: app/requirements.txt app/requirements-dev.txt
+	$(call stage,virtualenv,tools/apt-ensure.sh $(HOST_PACKAGES) && \
+	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --upgrade pip && \
+	  $(VENV)/bin/pip install -q --require-hashes -r app/requirements-dev.txt)
+	@touch $@
+
+.PHONY: lint
+lint: deps ## ruff on Python, shellcheck on shell, packer fmt/validate
+	$(call stage,ruff,$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .)
+	$(call stage,shellcheck,git ls-files -z -- '*.sh' .ci/run | xargs -0 shellcheck)
+
+.PHONY: test-app
+test-app: deps ## App tests against real MariaDB, Redis, S3 (moto) and SMTP servers
+	$(call stage,app tests,$(VENV)/bin/pytest tests/app)
+
+.PHONY: test
+test: lint test-app ## Everything CI runs: lint, app tests, image build, boot check, infra suites

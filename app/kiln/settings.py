@@ -1,0 +1,219 @@
+"""Kiln settings: everything that differs between machines comes from the environment.
+
+If KILN_ENV_FILE names a file it is read first; real environment variables win over it.
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if os.environ.get("KILN_ENV_FILE"):
+    environ.Env.read_env(os.environ["KILN_ENV_FILE"], overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=False)
+
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY environment variable is required when DEBUG is off "
+            "(set it in the environment or in the file named by KILN_ENV_FILE)."
+        )
+    SECRET_KEY = "django-insecure-dev-only-key"  # noqa: S105 - DEBUG-only fallback
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_rq",
+    "anymail",
+    "records",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # Before anything reads the body, so oversized uploads are refused without being buffered.
+    "kiln.middleware.UploadLimitMiddleware",
+    "kiln.middleware.ServiceUnavailableMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "kiln.urls"
+WSGI_APPLICATION = "kiln.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "kiln" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database (MySQL/MariaDB via mysqlclient) ---
+DATABASES = {
+    "default": env.db(
+        "DATABASE_URL",
+        default="mysql://kiln@localhost/kiln?unix_socket=/run/mysqld/mysqld.sock",
+    )
+}
+_db_options = DATABASES["default"].setdefault("OPTIONS", {})
+_db_options.setdefault("charset", "utf8mb4")
+# Fail fast (readyz, 503 pages) instead of hanging a worker when the DB host is unreachable.
+_db_options.setdefault("connect_timeout", 5)
+DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"].setdefault("TEST", {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"})
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: cache and queue are separate servers with different eviction policies ---
+CACHE_URL = env.str("CACHE_URL", default="redis://127.0.0.1:6379/0")
+QUEUE_URL = env.str("QUEUE_URL", default="redis://127.0.0.1:6380/0")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": CACHE_URL,
+        "KEY_PREFIX": "kiln",
+        "OPTIONS": {
+            "CLIENT_CLASS": "django_redis.client.DefaultClient",
+            "SOCKET_CONNECT_TIMEOUT": 2,
+            "SOCKET_TIMEOUT": 2,
+        },
+    }
+}
+
+EXPORT_JOB_TIMEOUT = env.int("EXPORT_JOB_TIMEOUT", default=300)
+# Enqueue at once (django-rq's default waits for the DB commit): the job id is the API response.
+RQ = {"COMMIT_MODE": "auto"}
+RQ_QUEUES = {
+    "default": {"URL": QUEUE_URL, "DEFAULT_TIMEOUT": 300},
+    "export": {"URL": QUEUE_URL, "DEFAULT_TIMEOUT": EXPORT_JOB_TIMEOUT},
+}
+
+# --- Static and media ---
+STATIC_URL = "/static/"
+STATIC_ROOT = env.path("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
+MEDIA_URL = "/media/"
+MEDIA_ROOT = env.path("MEDIA_ROOT", default=str(BASE_DIR / "media"))
+
+MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=10 * 1024 * 1024)
+# Same limit for in-memory form/JSON data so Django's own check agrees with nginx and the middleware.
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_UPLOAD_BYTES
+FILE_UPLOAD_PERMISSIONS = 0o640
+
+AWS_STORAGE_BUCKET_NAME = env.str("AWS_STORAGE_BUCKET_NAME", default="")
+if AWS_STORAGE_BUCKET_NAME:
+    _s3_options = {
+        "bucket_name": AWS_STORAGE_BUCKET_NAME,
+        "endpoint_url": env.str("AWS_S3_ENDPOINT_URL", default="") or None,
+        "region_name": env.str("AWS_S3_REGION_NAME", default="") or None,
+        # Unset keys fall through to boto3's own chain (instance role, ~/.aws).
+        "access_key": env.str("AWS_ACCESS_KEY_ID", default="") or None,
+        "secret_key": env.str("AWS_SECRET_ACCESS_KEY", default="") or None,
+        "custom_domain": env.str("MEDIA_CDN_DOMAIN", default="") or None,
+        "file_overwrite": False,
+        "default_acl": None,
+    }
+    _media_storage = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": _s3_options}
+else:
+    _media_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+STORAGES = {
+    "default": _media_storage,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# --- E-mail ---
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Kiln <noreply@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+ANYMAIL_ESP = env.str("ANYMAIL_ESP", default="").strip().lower()
+ANYMAIL_API_KEY = env.str("ANYMAIL_API_KEY", default="")
+if ANYMAIL_ESP and ANYMAIL_API_KEY:
+    if importlib.util.find_spec(f"anymail.backends.{ANYMAIL_ESP}") is None:
+        raise ImproperlyConfigured(f"ANYMAIL_ESP={ANYMAIL_ESP!r} is not an ESP known to django-anymail")
+    EMAIL_BACKEND = f"anymail.backends.{ANYMAIL_ESP}.EmailBackend"
+    # Most ESPs call their credential API_KEY; the odd ones out are mapped here.
+    _key_name = {"postmark": "SERVER_TOKEN", "mailersend": "API_TOKEN"}.get(ANYMAIL_ESP, "API_KEY")
+    ANYMAIL = {f"{ANYMAIL_ESP.upper()}_{_key_name}": ANYMAIL_API_KEY}
+
+# --- HTTPS (TLS ends at nginx) ---
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# Load balancer / supervisor probes speak plain HTTP and must not be redirected.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- Logging: JSON lines on stdout ---
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "kiln.jsonlog.JsonFormatter"}},
+    "handlers": {
+        "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json"},
+    },
+    "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
+    "loggers": {
+        # Replace Django's default handlers (console only when DEBUG, mail_admins) with the root's.
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django.server": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "rq.worker": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+    },
+}
+
+SENTRY_DSN = env.str("SENTRY_DSN", default="")
+if SENTRY_DSN:
+    import sentry_sdk
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        environment=env.str("SENTRY_ENVIRONMENT", default="production"),
+        release=env.str("KILN_VERSION", default="") or None,
+        traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
+        send_default_pii=False,
+    )
+
+RECORDS_PAGE_SIZE = 20
+RECORDS_LIST_CACHE_TTL = 300

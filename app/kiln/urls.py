@@ -1,0 +1,41 @@
+from django.conf import settings
+from django.contrib import admin
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse
+from django.urls import include, path
+
+from kiln import health
+from kiln.errors import error_response
+from kiln.middleware import payload_too_large
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+    path("", include("records.urls")),
+]
+
+if settings.DEBUG:
+    from django.conf.urls.static import static
+
+    urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    # Django reports RequestDataTooBig as a SuspiciousOperation (400); it is really a 413.
+    if isinstance(exception, RequestDataTooBig):
+        return payload_too_large(request)
+    return error_response(request, 400, "Bad request.")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return error_response(request, 404, "Not found.")
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    return error_response(request, 500, "Internal server error.")
+
+
+handler400 = bad_request
+handler404 = not_found
+handler500 = server_error

@@ -1,0 +1,64 @@
+import json
+
+from django.db import transaction
+from django.http import HttpRequest, JsonResponse, QueryDict
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods
+
+from records import listcache
+from records.forms import RecordForm, errors_as_dict
+from records.models import Record
+
+
+def _page_url(request: HttpRequest, number: int) -> str:
+    query = request.GET.copy()
+    query["page"] = str(number)
+    return f"{request.path}?{query.urlencode()}"
+
+
+# No session/cookie auth on the API, so CSRF protection has nothing to protect here.
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+def records(request: HttpRequest) -> JsonResponse:
+    if request.method == "POST":
+        return _create(request)
+    page = listcache.get_page(request.GET.get("page"))
+    number = int(page["page"])
+    return JsonResponse(
+        {
+            **page,
+            "next": _page_url(request, number + 1) if page["has_next"] else None,
+            "previous": _page_url(request, number - 1) if page["has_previous"] else None,
+        }
+    )
+
+
+def _create(request: HttpRequest) -> JsonResponse:
+    if request.content_type == "application/json":
+        try:
+            payload = json.loads(request.body or b"{}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return JsonResponse({"errors": {"__all__": [f"Invalid JSON: {exc}"]}}, status=400)
+        if not isinstance(payload, dict):
+            return JsonResponse({"errors": {"__all__": ["Expected a JSON object."]}}, status=400)
+        data: QueryDict | dict[str, object] = payload
+        files = None
+    else:
+        data, files = request.POST, request.FILES
+    form = RecordForm(data, files)
+    if not form.is_valid():
+        return JsonResponse({"errors": errors_as_dict(form)}, status=400)
+    with transaction.atomic():
+        record = form.save()
+    body = record.as_dict()
+    response = JsonResponse(body, status=201)
+    response["Location"] = str(body["url"])
+    return response
+
+
+@require_GET
+def record_detail(request: HttpRequest, pk: int) -> JsonResponse:
+    record = Record.objects.filter(pk=pk).first()
+    if record is None:
+        return JsonResponse({"error": f"Record {pk} not found."}, status=404)
+    return JsonResponse(record.as_dict())

@@ -1,0 +1,5 @@
+distro           = "debian-13"
+base_disk        = "../build/base/debian-13.qcow2"
+output_directory = "../build/work/debian-13/packer"
+serial_log       = "../build/work/debian-13/serial.log"
+manifest_dir     = "../build/work/debian-13/manifest"

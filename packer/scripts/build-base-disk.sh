@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Build a bootable cloud-init base disk (qcow2) without downloading a cloud image.
+# Usage: packer/scripts/build-base-disk.sh DISTRO OUT.qcow2      (DISTRO: debian-13 | ubuntu-24.04)
+#
+# mmdebstrap -> one MBR partition (ext4) in a raw file -> loop device (losetup + partx: the host kernel parses no
+# partition tables and there is no udev) -> copy the rootfs -> grub-install, root=UUID=... -> qemu-img convert.
+# All mounts happen in a private mount namespace; a trap removes every mount and loop device, also on failure.
+# Cache: OUT.inputs holds a hash of every input; if it matches, OUT is reused and nothing is rebuilt.
+# Also writes OUT.vmlinuz (the image's kernel, for scripts/kvm-probe.sh).
+# Env: BASE_DISK_SIZE [4G], MIRROR (distro archive URL), FORCE=1 (rebuild even if cached).
+#
+# Ubuntu 24.04: the same code path with archive.ubuntu.com; it fails clearly where that archive is unreachable.
+# To build Ubuntu from the official cloud image instead, give packer base_image_url/base_image_checksum
+# (packer/ubuntu-24.04.pkrvars.hcl) and skip this script.
+set -euo pipefail
+
+usage() { echo "usage: $0 DISTRO OUT.qcow2" >&2; exit 2; }
+[ $# -eq 2 ] || usage
+distro=$1 out=$2
+[ "$(id -u)" -eq 0 ] || { echo "build-base-disk: must run as root (mmdebstrap, losetup, mount)" >&2; exit 1; }
+size=${BASE_DISK_SIZE:-4G}
+
+common_pkgs=(systemd-sysv udev dbus openssh-server sudo cloud-init cloud-guest-utils grub-pc
+  ca-certificates curl systemd-resolved iproute2 e2fsprogs kmod less apt-utils)
+case $distro in
+  debian-13)
+    suite=trixie mirror=${MIRROR:-http://deb.debian.org/debian} components=main
+    # trixie: networkd ships in systemd, resolved in systemd-resolved; cloud-init renders networkd config.
+    pkgs=(linux-image-cloud-amd64 "${common_pkgs[@]}")
+    keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    ;;
+  ubuntu-24.04)
+    suite=noble mirror=${MIRROR:-http://archive.ubuntu.com/ubuntu} components=main,universe
+    # noble: networkd is part of systemd; netplan is Ubuntu's renderer (cloud-init writes netplan yaml).
+    pkgs=(linux-image-virtual netplan.io "${common_pkgs[@]}")
+    keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg
+    ;;
+  *) echo "build-base-disk: unknown DISTRO '$distro' (debian-13 | ubuntu-24.04)" >&2; exit 2 ;;
+esac
+
+# Cache key: this script, distro, mirror, packages, size. (The archive moves on; FORCE=1 or deleting OUT rebuilds.)
+key=$( { sha256sum "$0" | cut -d' ' -f1; echo "$distro $suite $mirror $components $size ${pkgs[*]}"; } | sha256sum | cut -d' ' -f1)
+if [ -z "${FORCE:-}" ] && [ -s "$out" ] && [ -s "$out.vmlinuz" ] && [ "$(cat "$out.inputs" 2>/dev/null)" = "$key" ]; then
+  echo "build-base-disk: cached $out (inputs $key)"
+  exit 0
+fi
+
+if [ "$distro" = ubuntu-24.04 ] && ! curl -fsS -m 15 -o /dev/null "$mirror/dists/$suite/Release"; then
+  echo "build-base-disk: $mirror is unreachable from this host; an Ubuntu base disk cannot be bootstrapped here." >&2
+  echo "  Give packer the official cloud image instead: -var base_image_url=... -var base_image_checksum=sha256:..." >&2
+  exit 1
+fi
+[ -r "$keyring" ] || { echo "build-base-disk: missing $keyring (Debian/Ubuntu package ubuntu-keyring or debian-archive-keyring)" >&2; exit 1; }
+
+mkdir -p "$(dirname "$out")"
+work=$(mktemp -d "$(dirname "$out")/.base-$distro.XXXXXX")
+work=$(cd "$work" && pwd)
+loop=""
+cleanup() {
+  local rc=$?
+  # The mounts live in the private namespace and vanish with it; only the loop device is global.
+  if [ -n "$loop" ]; then partx -d "$loop" 2>/dev/null || true; losetup -d "$loop" 2>/dev/null || true; fi
+  rm -rf "$work"
+  [ $rc -eq 0 ] || echo "build-base-disk: FAILED (rc=$rc)" >&2
+  exit $rc
+}
+trap cleanup EXIT INT TERM
+
+rootuuid=$(cat /proc/sys/kernel/random/uuid)
+t0=$(date +%s)
+echo "build-base-disk: mmdebstrap $suite (${#pkgs[@]} packages) ..."
+# The host's pip settings must not leak into the image. (Hooks are expanded by mmdebstrap: $1 is the rootfs.)
+# shellcheck disable=SC2016
+env -u PIP_FIND_LINKS -u PIP_CERT -u PIP_DEFAULT_TIMEOUT mmdebstrap --variant=minbase \
+  --components="$components" --keyring="$keyring" \
+  --include="$(IFS=,; echo "${pkgs[*]}")" \
+  --aptopt='Acquire::Languages "none"' \
+  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+  --customize-hook='chroot "$1" systemctl enable systemd-networkd systemd-resolved ssh' \
+  --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*_key*' \
+  "$suite" "$work/rootfs" "$mirror" >"$work/mmdebstrap.log" 2>&1 || {
+    tail -40 "$work/mmdebstrap.log" >&2; exit 1; }
+echo "build-base-disk: rootfs done in $(( $(date +%s) - t0 ))s"
+
+r=$work/rootfs
+printf 'UUID=%s / ext4 errors=remount-ro,discard 0 1\n' "$rootuuid" >"$r/etc/fstab"
+echo localhost >"$r/etc/hostname"
+: >"$r/etc/machine-id"; rm -f "$r/var/lib/dbus/machine-id"
+ln -sf ../run/systemd/resolve/stub-resolv.conf "$r/etc/resolv.conf"
+mkdir -p "$r/etc/cloud/cloud.cfg.d"
+cat >"$r/etc/cloud/cloud.cfg.d/90-kiln-base.cfg" <<'EOF'
+# Kiln base disk. NoCloud comes after ConfigDrive (cloud providers such as DigitalOcean use ConfigDrive).
+datasource_list: [ ConfigDrive, NoCloud, None ]
+manage_etc_hosts: true
+system_info:
+  network:
+    renderers: [ networkd, netplan, eni ]
+EOF
+cat >"$r/etc/default/grub" <<'EOF'
+GRUB_DEFAULT=0
+GRUB_TIMEOUT=1
+GRUB_DISTRIBUTOR=`( . /etc/os-release && echo ${NAME} )`
+GRUB_CMDLINE_LINUX_DEFAULT=""
+GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200n8"
+GRUB_TERMINAL="console serial"
+GRUB_SERIAL_COMMAND="serial --speed=115200"
+GRUB_DISABLE_OS_PROBER=true
+EOF
+# Kernel upgrades in the guest re-run grub-install on the first virtio disk without asking.
+echo 'grub-pc grub-pc/install_devices multiselect /dev/vda' | chroot "$r" debconf-set-selections
+# The kernel also serves scripts/kvm-probe.sh (a real kernel boot is the honest KVM test).
+find "$r/boot" -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -1 | xargs -I{} cp {} "$out.vmlinuz.tmp"
+mv -f "$out.vmlinuz.tmp" "$out.vmlinuz"
+rm -rf "$r/var/cache/apt/archives/"*.deb "$r/var/lib/apt/lists/"* "$r/var/log/"*.log
+
+raw=$work/disk.raw
+truncate -s "$size" "$raw"
+printf 'label: dos\nstart=2048, type=83, bootable\n' | sfdisk -q "$raw"
+loop=$(losetup -f --show "$raw")
+partx -a "$loop"
+part=${loop}p1
+[ -b "$part" ] || { echo "build-base-disk: $part did not appear after partx -a" >&2; exit 1; }
+mkfs.ext4 -q -U "$rootuuid" -L rootfs "$part"
+
+# Everything mounted below disappears with the namespace, even if the script is killed.
+# shellcheck disable=SC2016
+unshare -m --propagation private -- bash -euo pipefail -c '
+  r=$1 part=$2 loop=$3 uuid=$4 mnt=$5
+  mkdir -p "$mnt"; mount "$part" "$mnt"
+  cp -a "$r"/. "$mnt"/
+  for d in dev dev/pts proc sys; do mount --bind "/$d" "$mnt/$d"; done
+  chroot "$mnt" grub-install --target=i386-pc --modules="part_msdos ext2" "$loop" >/dev/null 2>&1 || {
+    chroot "$mnt" grub-install --target=i386-pc --modules="part_msdos ext2" "$loop"; exit 1; }
+  chroot "$mnt" update-grub >/dev/null 2>&1
+  # No udev on the host: grub-mkconfig saw /dev/loopNp1. Point it at the filesystem UUID instead.
+  sed -i -E "s#root=/dev/loop[0-9]+p1#root=UUID=$uuid#g" "$mnt/boot/grub/grub.cfg"
+  grep -q "root=UUID=$uuid" "$mnt/boot/grub/grub.cfg" || { echo "grub.cfg has no root=UUID" >&2; exit 1; }
+  if grep -q "/dev/loop" "$mnt/boot/grub/grub.cfg"; then echo "grub.cfg still names a loop device" >&2; exit 1; fi
+  fstrim "$mnt" 2>/dev/null || true
+  for d in sys proc dev/pts dev; do umount "$mnt/$d"; done
+  umount "$mnt"
+' _ "$r" "$part" "$loop" "$rootuuid" "$work/mnt"
+partx -d "$loop"; losetup -d "$loop"; loop=""
+
+qemu-img convert -O qcow2 -c "$raw" "$out.tmp"
+mv -f "$out.tmp" "$out"
+echo "$key" >"$out.inputs"
+echo "build-base-disk: $out ($(du -h "$out" | cut -f1), virtual $size, root UUID $rootuuid) in $(( $(date +%s) - t0 ))s"

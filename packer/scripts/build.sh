@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# `make image`: build the Kiln VPS image and its Vagrant box for one distro. Run as root on a Debian/Ubuntu host.
+#   packer/scripts/build.sh                     # DISTRO=debian-13
+#   DISTRO=ubuntu-24.04 packer/scripts/build.sh
+# Stages (each prints its duration; all are recorded in the manifest):
+#   deps -> base disk (cached by inputs) -> accelerator probe -> seed -> packer (boot, provision, reboot, verify,
+#   cleanup, compress) -> vagrant box (loop-mount + chroot edit of a copy) -> manifest + SHA256SUMS
+# Output: build/<distro>/ kiln-<distro>-<version>.qcow2, kiln-<distro>-<version>.libvirt.box, kiln-<distro>.box.json,
+#         kiln-<distro>-<version>.manifest.json, SHA256SUMS
+# Env:
+#   DISTRO          debian-13 | ubuntu-24.04 [debian-13]
+#   ACCEL           kvm | tcg [probe: packer/scripts/kvm-probe.sh]
+#   KILN_VERSION    release version [<UTC date>.<time>, e.g. 2026.11.28.0315]
+#   KILN_COMMIT     [git rev-parse HEAD, "+dirty" when the tree has changes; "unknown" without commits]
+#   BUILD_DIR       [<repo>/build]
+#   PROVISION_DIR   provisioner tree [<repo>/provision]; APP_DIR [<repo>/app]; CA_CERTS_DIR [/usr/local/share/ca-certificates]
+#   BASE_IMAGE_URL / BASE_IMAGE_CHECKSUM  use an official cloud image instead of building the base disk
+#   PACKER_LOG=1    packer debug log; NO_BOX=1 skips the Vagrant box; FORCE_BASE=1 rebuilds the base disk
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+DISTRO=${DISTRO:-debian-13}
+BUILD_DIR=${BUILD_DIR:-$repo/build}
+PROVISION_DIR=${PROVISION_DIR:-$repo/provision}
+APP_DIR=${APP_DIR:-$repo/app}
+CA_CERTS_DIR=${CA_CERTS_DIR:-/usr/local/share/ca-certificates}
+KILN_VERSION=${KILN_VERSION:-$(date -u +%Y.%m.%d.%H%M)}
+if [ -z "${KILN_COMMIT:-}" ]; then
+  KILN_COMMIT=$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)
+  if [ "$KILN_COMMIT" != unknown ] && [ -n "$(git status --porcelain 2>/dev/null)" ]; then KILN_COMMIT+="+dirty"; fi
+fi
+[ -f "packer/$DISTRO.pkrvars.hcl" ] || { echo "build: unknown DISTRO=$DISTRO (no packer/$DISTRO.pkrvars.hcl)" >&2; exit 2; }
+[ "$(id -u)" -eq 0 ] || { echo "build: run as root (mmdebstrap, loop devices)" >&2; exit 1; }
+for d in "$PROVISION_DIR" "$APP_DIR"; do [ -d "$d" ] || { echo "build: missing $d" >&2; exit 1; }; done
+[ -f "$PROVISION_DIR/install.sh" ] || { echo "build: missing $PROVISION_DIR/install.sh" >&2; exit 1; }
+
+out=$BUILD_DIR/$DISTRO
+work=$BUILD_DIR/work/$DISTRO
+name=kiln-$DISTRO-$KILN_VERSION
+mkdir -p "$out" "$work"
+stages_file=$work/stages.tsv
+: >"$stages_file"
+build_start=$(date +%s)
+loop="" vmpid=""
+
+cleanup() {
+  local rc=$?
+  if [ -n "$vmpid" ] && kill -0 "$vmpid" 2>/dev/null; then kill "$vmpid" 2>/dev/null || true; fi
+  # packer kills its own QEMU on error/interrupt; make sure none of this build's is left.
+  local p
+  for p in $(pgrep -f "qemu-system-x86_64.*$work/" 2>/dev/null || true); do kill "$p" 2>/dev/null || true; done
+  if [ -n "$loop" ]; then partx -d "$loop" 2>/dev/null || true; losetup -d "$loop" 2>/dev/null || true; fi
+  rm -rf "$work/box" "$work/template" "$work/http"
+  if [ $rc -ne 0 ]; then echo "==> build FAILED (rc=$rc) after $(( $(date +%s) - build_start ))s; logs in $work" >&2; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+stage() { # stage NAME CMD... : run, print and record the duration
+  local n=$1; shift
+  printf '\n==> [%s] %s  (%s)\n' "$DISTRO" "$n" "$(date -u +%T)"
+  local t0; t0=$(date +%s)
+  "$@"
+  local dt=$(( $(date +%s) - t0 ))
+  printf '<== [%s] %s done in %ss\n' "$DISTRO" "$n" "$dt"
+  printf '%s\t%s\n' "$n" "$dt" >>"$stages_file"
+}
+
+deps() {
+  "$repo/tools/apt-ensure.sh" packer qemu-system-x86 qemu-utils mmdebstrap fdisk e2fsprogs util-linux \
+    debian-archive-keyring openssh-client curl jq genisoimage
+  if [ "$DISTRO" = ubuntu-24.04 ] && [ -z "${BASE_IMAGE_URL:-}" ]; then "$repo/tools/apt-ensure.sh" ubuntu-keyring; fi
+  packer version | head -1
+}
+
+base_disk() {
+  if [ -n "${BASE_IMAGE_URL:-}" ]; then echo "base: official image $BASE_IMAGE_URL"; return; fi
+  FORCE=${FORCE_BASE:-} "$repo/packer/scripts/build-base-disk.sh" "$DISTRO" "$BUILD_DIR/base/$DISTRO.qcow2"
+}
+
+probe() {
+  ACCEL=$("$repo/packer/scripts/kvm-probe.sh")
+  echo "accelerator: $ACCEL"
+}
+
+seed() { # NoCloud seed for the build VM only: a throw-away user and key pair, made fresh for every build.
+  rm -rf "$work/http"; mkdir -p "$work/http"
+  ssh-keygen -q -t ed25519 -N '' -C "kiln-build-$KILN_VERSION" -f "$work/http/build_key"
+  # The private key must not be served: it moves next to the seed, out of the HTTP root.
+  mkdir -p "$work/keys"; mv -f "$work/http/build_key" "$work/keys/build_key"; mv -f "$work/http/build_key.pub" "$work/keys/"
+  cat >"$work/http/user-data" <<EOF
+#cloud-config
+# Kiln build VM only (packer); the user and its key are removed before the snapshot.
+users:
+  - name: kilnbuild
+    shell: /bin/bash
+    lock_passwd: true
+    sudo: "ALL=(ALL) NOPASSWD:ALL"
+    ssh_authorized_keys:
+      - $(cat "$work/keys/build_key.pub")
+ssh_pwauth: false
+EOF
+  printf 'instance-id: kiln-build-%s\nlocal-hostname: kiln-build\n' "$(date +%s)" >"$work/http/meta-data"
+  : >"$work/http/vendor-data"
+}
+
+run_packer() {
+  local ver modern=0
+  ver=$(packer version | head -1 | sed -E 's/^Packer v?([0-9.]+).*/\1/')
+  if [ "$(printf '%s\n1.7.0\n' "$ver" | sort -V | head -1)" = 1.7.0 ]; then modern=1; fi
+  # The template is assembled in a staging folder: modern Packer also gets plugins/plugins.pkr.hcl (1.6.6 rejects it).
+  rm -rf "$work/template"; mkdir -p "$work/template"
+  ln -s "$repo"/packer/*.pkr.hcl "$work/template/"
+  ln -s "$repo/packer/scripts" "$work/template/scripts"
+  if [ $modern -eq 1 ]; then
+    ln -s "$repo/packer/plugins/plugins.pkr.hcl" "$work/template/plugins.pkr.hcl"
+    (cd "$work/template" && packer init .)
+  fi
+  rm -rf "$work/packer" "$work/manifest"; mkdir -p "$work/manifest"; : >"$work/serial.log"
+  local args=(
+    -var-file="$repo/packer/$DISTRO.pkrvars.hcl"
+    -var "accelerator=$ACCEL"
+    -var "base_disk=$BUILD_DIR/base/$DISTRO.qcow2"
+    -var "base_disk_checksum=sha256:$(sha256sum "$BUILD_DIR/base/$DISTRO.qcow2" | cut -d' ' -f1)"
+    -var "output_directory=$work/packer"
+    -var "vm_name=$name.qcow2"
+    -var "http_directory=$work/http"
+    -var "ssh_private_key_file=$work/keys/build_key"
+    -var "serial_log=$work/serial.log"
+    -var "manifest_dir=$work/manifest"
+    -var "provision_dir=$PROVISION_DIR"
+    -var "app_dir=$APP_DIR"
+    -var "ca_certs_dir=$CA_CERTS_DIR"
+    -var "kiln_version=$KILN_VERSION"
+    -var "kiln_commit=$KILN_COMMIT"
+  )
+  if [ -n "${BASE_IMAGE_URL:-}" ]; then
+    args+=(-var "base_image_url=$BASE_IMAGE_URL" -var "base_image_checksum=${BASE_IMAGE_CHECKSUM:?set BASE_IMAGE_CHECKSUM}")
+  fi
+  (cd "$work/template" && packer validate "${args[@]}" . && packer build -force -color=false "${args[@]}" .) \
+    2>&1 | tee "$work/packer.log"
+  [ -s "$work/packer/$name.qcow2" ] || { echo "build: packer produced no $work/packer/$name.qcow2" >&2; return 1; }
+  mv -f "$work/packer/$name.qcow2" "$out/$name.qcow2"
+  rm -rf "$work/packer" "$work/keys"
+  echo "image: $out/$name.qcow2 ($(du -h "$out/$name.qcow2" | cut -f1))"
+}
+
+box() {
+  "$repo/packer/scripts/make-vagrant-box.sh" "$out/$name.qcow2" "$out/$name.libvirt.box" "$work/box"
+  local sum; sum=$(sha256sum "$out/$name.libvirt.box" | cut -d' ' -f1)
+  jq -n --arg name "kiln/$DISTRO" --arg v "$KILN_VERSION" --arg url "file://$out/$name.libvirt.box" --arg sum "$sum" \
+     --arg desc "Kiln $DISTRO image (commit $KILN_COMMIT)" \
+     '{name:$name, description:$desc, versions:[{version:$v, providers:[{name:"libvirt", url:$url,
+        checksum_type:"sha256", checksum:$sum}]}]}' >"$out/kiln-$DISTRO.box.json"
+  echo "box: $out/$name.libvirt.box ($(du -h "$out/$name.libvirt.box" | cut -f1)); metadata $out/kiln-$DISTRO.box.json"
+}
+
+manifest() {
+  "$repo/packer/scripts/make-manifest.sh" "$work/manifest/guest.tar" "$stages_file" "$out" "$name" \
+    "$DISTRO" "$KILN_VERSION" "$KILN_COMMIT" "$ACCEL" "$(( $(date +%s) - build_start ))"
+  (cd "$out" && rm -f SHA256SUMS && sha256sum -- "$name".* >SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS && cat SHA256SUMS)
+}
+
+echo "==> kiln image build: DISTRO=$DISTRO KILN_VERSION=$KILN_VERSION KILN_COMMIT=$KILN_COMMIT out=$out"
+stage deps deps
+stage base-disk base_disk
+stage accel-probe probe
+stage seed seed
+stage packer run_packer
+if [ -z "${NO_BOX:-}" ]; then stage vagrant-box box; fi
+stage manifest manifest
+printf '\n==> build done in %ss:\n' "$(( $(date +%s) - build_start ))"
+column -t -s $'\t' "$stages_file" 2>/dev/null || cat "$stages_file"
+ls -la "$out"

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs in the build VM (root) after provision/cleanup.sh, as the last provisioner: makes sure nothing of this build
+# or this instance is left in the image (belt and braces: cleanup.sh should already have done most of it).
+# The build user itself is removed by packer's shutdown_command (it is still logged in here).
+set -euo pipefail
+# The build host's CA certificates: trusted only during the build.
+# (update-ca-certificates takes over a minute under TCG: only when something was still left to remove.)
+left=$(find /usr/local/share/ca-certificates -mindepth 1 -name '*.crt' 2>/dev/null | head -1)
+if [ -n "$left" ]; then
+  echo "scrub: build CA certificates still present, removing: $(find /usr/local/share/ca-certificates -mindepth 1 | tr '\n' ' ')"
+  find /usr/local/share/ca-certificates -mindepth 1 -delete
+  update-ca-certificates --fresh >/dev/null
+fi
+rm -rf /tmp/kiln /tmp/kiln-manifest /tmp/kiln-manifest.tar /tmp/readyz.json
+# Per-instance identity: a fresh machine-id, SSH host keys and cloud-init run on the first real boot.
+cloud-init clean --logs --seed >/dev/null 2>&1 || cloud-init clean --logs
+: >/etc/machine-id
+rm -f /var/lib/dbus/machine-id /var/lib/systemd/random-seed /var/lib/systemd/credential.secret
+rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+rm -rf /root/.ssh /root/.bash_history /root/.cache /root/.wget-hsts /root/.lesshst
+rm -f /etc/sudoers.d/90-cloud-init-users
+apt-get clean
+rm -rf /var/lib/apt/lists/*
+# Logs of the build must not reappear in the image (the DO image check warns on them).
+journalctl --rotate >/dev/null 2>&1 || true
+journalctl --vacuum-time=1s >/dev/null 2>&1 || true
+rm -rf /var/log/journal/*/* 2>/dev/null || true
+find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
+find /var/log -type f -exec truncate -s 0 {} +
+rm -rf /var/tmp/* 2>/dev/null || true
+sync
+fstrim -av 2>/dev/null || true
+echo "scrub: done (machine-id empty, host keys removed, cloud-init cleaned, CA certs removed)"

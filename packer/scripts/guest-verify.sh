@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs in the build VM (root) after the reboot: every expected service is active, nothing failed, and
+# GET http://127.0.0.1/readyz through nginx answers 200. Retries until READYZ_TIMEOUT, then fails with diagnostics.
+# Env: CHECK_UNITS (systemd units), CHECK_PROGRAMS (supervisor programs), READYZ_TIMEOUT [600].
+set -uo pipefail
+timeout=${READYZ_TIMEOUT:-600}
+deadline=$(( $(date +%s) + timeout ))
+echo "==> verify: boot state"
+state=$(timeout "$timeout" systemctl is-system-running --wait 2>/dev/null || true)
+echo "    system: ${state:-unknown} (uptime $(cut -d' ' -f1 /proc/uptime)s)"
+
+problems() {
+  local out="" u p st
+  for u in ${CHECK_UNITS:-}; do
+    st=$(systemctl is-active "$u" 2>/dev/null || true)
+    [ "$st" = active ] || out+="unit $u is ${st:-missing}; "
+  done
+  if [ -n "${CHECK_PROGRAMS:-}" ]; then
+    for p in $CHECK_PROGRAMS; do
+      st=$(supervisorctl status "$p" 2>/dev/null | awk '{print $2}')
+      [ "$st" = RUNNING ] || out+="program $p is ${st:-missing}; "
+    done
+  fi
+  st=$(systemctl list-units --state=failed --no-legend --plain 2>/dev/null | awk '{print $1}' | tr '\n' ' ')
+  [ -z "${st// /}" ] || out+="failed units: $st; "
+  code=$(curl -s -o /tmp/readyz.json -w '%{http_code}' -m 10 http://127.0.0.1/readyz || true)
+  [ "$code" = 200 ] || out+="GET /readyz -> ${code:-no answer}; "
+  printf '%s' "$out"
+}
+
+while :; do
+  p=$(problems)
+  if [ -z "$p" ]; then
+    echo "    units active: ${CHECK_UNITS:-(none)}"
+    echo "    programs RUNNING: ${CHECK_PROGRAMS:-(none)}"
+    echo "    GET /readyz -> 200 $(head -c 400 /tmp/readyz.json 2>/dev/null)"
+    echo "<== verify: OK after $(( timeout - (deadline - $(date +%s)) ))s"
+    exit 0
+  fi
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    echo "!!! verify FAILED: $p" >&2
+    systemctl --no-pager list-units --state=failed >&2 || true
+    for u in $(systemctl list-units --state=failed --no-legend --plain | awk '{print $1}') ${CHECK_UNITS:-}; do
+      journalctl -b -u "$u" --no-pager -n 15 >&2 2>/dev/null || true
+    done
+    command -v supervisorctl >/dev/null && supervisorctl status >&2
+    cat /tmp/readyz.json >&2 2>/dev/null
+    exit 1
+  fi
+  echo "    waiting: $p"
+  sleep 5
+done

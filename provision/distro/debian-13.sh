@@ -1,0 +1,19 @@
+# shellcheck shell=bash disable=SC2034
+# Debian 13 (trixie): package names, service names and paths. Sourced by lib/common.sh:load_distro.
+DISTRO_PRETTY="Debian 13 (trixie)"
+# systemd-native locale file (trixie makes /etc/default/locale a symlink to it)
+LOCALE_FILE=/etc/locale.conf
+PKG_BASE=(ca-certificates curl openssl tzdata unattended-upgrades openssh-client
+          python3 python3-venv procps iproute2)
+PKG_DB_SERVER=(mariadb-server mariadb-client)
+DB_SERVICE=mariadb.service
+DB_CONF_DIR=/etc/mysql/mariadb.conf.d
+DB_CLIENT=mariadb
+DB_SOCKET=/run/mysqld/mysqld.sock
+PKG_REDIS=(redis-server redis-tools)
+PKG_WEB=(nginx supervisor)
+# Build-time only (purged after the wheels are built) vs. the runtime library the compiled mysqlclient links to.
+PKG_BUILD_DEPS=(build-essential default-libmysqlclient-dev pkg-config python3-dev)
+PKG_APP_RUNTIME=(libmariadb3)
+# nginx >= 1.25.1 syntax for HTTP/2
+NGINX_HTTP2_DIRECTIVE="http2 on;"

@@ -1,0 +1,18 @@
+# shellcheck shell=bash disable=SC2034
+# Ubuntu 24.04 (noble): MySQL 8.0 instead of MariaDB. NOT verified from the build host (no Ubuntu archive there);
+# kept small and honest: only names and paths differ, the steps are the same.
+DISTRO_PRETTY="Ubuntu 24.04 (noble)"
+LOCALE_FILE=/etc/default/locale
+PKG_BASE=(ca-certificates curl openssl tzdata unattended-upgrades openssh-client
+          python3 python3-venv procps iproute2)
+PKG_DB_SERVER=(mysql-server mysql-client)
+DB_SERVICE=mysql.service
+DB_CONF_DIR=/etc/mysql/mysql.conf.d
+DB_CLIENT=mysql
+DB_SOCKET=/run/mysqld/mysqld.sock
+PKG_REDIS=(redis-server redis-tools)
+PKG_WEB=(nginx supervisor)
+PKG_BUILD_DEPS=(build-essential default-libmysqlclient-dev pkg-config python3-dev)
+PKG_APP_RUNTIME=(libmysqlclient21)
+# nginx 1.24 has no `http2 on;` (added in 1.25.1); `listen ... http2` would need a different listen line: skip HTTP/2.
+NGINX_HTTP2_DIRECTIVE=""

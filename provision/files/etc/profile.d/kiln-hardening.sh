@@ -1,0 +1,5 @@
+# Kiln (provision/steps/84-accounts.sh): interactive shells of admins: no core files, logout after 15 idle minutes.
+ulimit -c 0
+case $- in
+  *i*) TMOUT=900; readonly TMOUT; export TMOUT ;;
+esac

@@ -1,0 +1,118 @@
+# shellcheck shell=bash
+# Shared helpers for provision/install.sh, its steps and provision/cleanup.sh. Sourced, never executed.
+# Contract: install.sh exports KILN_PROVISION_DIR, KILN_APP_SRC, KILN_DISTRO, KILN_CHANGES (a scratch file).
+
+KILN_PROVISION_DIR=${KILN_PROVISION_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+KILN_FILES=$KILN_PROVISION_DIR/files
+KILN_CHANGES=${KILN_CHANGES:-/dev/null}
+export DEBIAN_FRONTEND=noninteractive
+
+log()  { printf '    %s\n' "$*"; }
+warn() { printf '    WARNING: %s\n' "$*" >&2; }
+die()  { printf 'kiln: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# True when systemd is PID 1 (a booted VM); false in a chroot / non-booted container (image build or test tier).
+booted() { [ -d /run/systemd/system ]; }
+
+detect_distro() {
+  [ -r /etc/os-release ] || die "missing required file /etc/os-release (cannot tell the distribution)"
+  # shellcheck disable=SC1091
+  . /etc/os-release
+  printf '%s-%s\n' "$ID" "${VERSION_ID:-unknown}"
+}
+
+load_distro() {
+  KILN_DISTRO=${KILN_DISTRO:-$(detect_distro)}
+  local f=$KILN_PROVISION_DIR/distro/$KILN_DISTRO.sh
+  if [ ! -r "$f" ]; then
+    local known=() d; for d in "$KILN_PROVISION_DIR"/distro/*.sh; do known+=("$(basename "$d" .sh)"); done
+    die "unsupported distribution '$KILN_DISTRO' (no $f); supported: ${known[*]}"
+  fi
+  # shellcheck source=/dev/null
+  . "$f"
+  export KILN_DISTRO
+}
+
+# Record that something changed and which services need a restart/reload because of it.
+changed()      { printf 'changed %s\n' "$1" >>"$KILN_CHANGES"; log "changed: $1"; }
+need_restart() { printf 'restart %s\n' "$1" >>"$KILN_CHANGES"; }
+need_reload()  { printf 'reload %s\n' "$1" >>"$KILN_CHANGES"; }
+
+# install_file SRC DEST [MODE] [OWNER:GROUP] -> returns 0 if DEST was (re)written, 1 if already identical.
+# Never rewrites identical files (so mtimes and checksums stay stable across runs).
+install_file() {
+  local src=$1 dest=$2 mode=${3:-0644} owner=${4:-root:root}
+  [ -f "$src" ] || die "missing source file $src"
+  mkdir -p "$(dirname "$dest")"
+  if [ -f "$dest" ] && cmp -s "$src" "$dest"; then
+    # content identical: only fix metadata if needed
+    [ "$(stat -c '%a %U:%G' "$dest")" = "${mode#0} $owner" ] || { chmod "$mode" "$dest"; chown "$owner" "$dest"; changed "$dest (mode/owner)"; }
+    return 1
+  fi
+  install -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$src" "$dest.kiln-new"
+  mv -f "$dest.kiln-new" "$dest"
+  changed "$dest"
+  return 0
+}
+
+# put PATH-IN-FILES-TREE [MODE] [OWNER:GROUP]: install provision/files/PATH to /PATH.
+put() { install_file "$KILN_FILES/$1" "/$1" "${2:-0644}" "${3:-root:root}"; }
+
+# write_file DEST MODE OWNER:GROUP < content  (same no-rewrite semantics as install_file, content from stdin)
+write_file() {
+  local dest=$1 mode=$2 owner=$3 tmp rc=0
+  tmp=$(mktemp)
+  cat >"$tmp"
+  install_file "$tmp" "$dest" "$mode" "$owner" || rc=$?
+  rm -f "$tmp"
+  return "$rc"
+}
+
+ensure_dir() { # ensure_dir PATH MODE OWNER:GROUP
+  local d=$1 mode=$2 owner=$3
+  if [ ! -d "$d" ]; then install -d -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$d"; changed "$d/"; return; fi
+  [ "$(stat -c '%a %U:%G' "$d")" = "${mode#0} $owner" ] || { chmod "$mode" "$d"; chown "$owner" "$d"; changed "$d/ (mode/owner)"; }
+}
+
+ensure_symlink() { # ensure_symlink TARGET LINKNAME
+  [ "$(readlink "$2" 2>/dev/null)" = "$1" ] && return 1
+  ln -sfn "$1" "$2"; changed "$2 -> $1"
+}
+
+remove_path() { if [ -e "$1" ] || [ -L "$1" ]; then rm -rf "$1"; changed "removed $1"; fi; }
+
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+APT_OPTS=(-y -q -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+
+# apt_install PKG... : installs only what is missing (a second run does not touch apt at all).
+apt_install() {
+  local missing=() p
+  for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "apt-get install ${missing[*]}"
+  if [ ! -f /var/lib/apt/lists/.kiln-updated ] || [ -n "$(find /var/lib/apt/lists/.kiln-updated -mmin +60 2>/dev/null)" ]; then
+    apt-get -q -o DPkg::Lock::Timeout=600 update >/dev/null
+    touch /var/lib/apt/lists/.kiln-updated
+  fi
+  apt-get install "${APT_OPTS[@]}" --no-install-recommends "${missing[@]}" >/dev/null
+  changed "packages: ${missing[*]}"
+}
+
+# Enable a unit (works offline in a chroot too). Returns 0 if it changed something.
+svc_enable() {
+  systemctl is-enabled -q "$1" 2>/dev/null && return 1
+  systemctl enable -q "$1" 2>/dev/null || systemctl enable "$1"
+  changed "enabled $1"
+}
+
+svc_mask() { # stop (if running), disable and mask a unit
+  [ "$(systemctl is-enabled "$1" 2>/dev/null)" = masked ] && return 1
+  if booted; then systemctl stop "$1" 2>/dev/null || true; fi
+  systemctl disable -q "$1" 2>/dev/null || true
+  systemctl mask -q "$1"
+  changed "masked $1"
+}
+
+# Random secrets: hex only, so they are safe inside URLs and config files without quoting.
+gen_secret() { openssl rand -hex "${1:-24}"; }

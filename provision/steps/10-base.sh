@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# step: base system: build CA, packages, UTC, locale, unattended security upgrades, user kiln, directories
+set -euo pipefail
+# shellcheck source=provision/lib/common.sh
+. "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
+
+# Extra CAs needed while building (e.g. an intercepting HTTPS proxy). Removed again by cleanup.sh.
+if [ -n "${KILN_BUILD_CA_DIR:-}" ]; then
+  [ -d "$KILN_BUILD_CA_DIR" ] || die "KILN_BUILD_CA_DIR=$KILN_BUILD_CA_DIR is not a directory"
+  ca_changed=0
+  for crt in "$KILN_BUILD_CA_DIR"/*.crt; do
+    [ -e "$crt" ] || continue
+    install_file "$crt" "/usr/local/share/ca-certificates/kiln-build/$(basename "$crt")" 0644 && ca_changed=1
+  done
+  if [ "$ca_changed" -eq 1 ]; then
+    command -v update-ca-certificates >/dev/null || apt_install ca-certificates
+    update-ca-certificates >/dev/null
+  fi
+fi
+
+apt_install "${PKG_BASE[@]}"
+
+# Time zone UTC, locale C.UTF-8 (built into glibc: no locale package needed).
+ensure_symlink /usr/share/zoneinfo/Etc/UTC /etc/localtime || true
+echo Etc/UTC | write_file /etc/timezone 0644 root:root || true
+install_file "$KILN_FILES/etc/locale.conf" "$LOCALE_FILE" 0644 || true
+
+# Unattended security upgrades (the distro's default origins are security-only).
+put etc/apt/apt.conf.d/20auto-upgrades || true
+svc_enable apt-daily.timer || true
+svc_enable apt-daily-upgrade.timer || true
+
+# System user for the app: no login shell, no password.
+if ! getent group kiln >/dev/null; then groupadd --system kiln; changed "group kiln"; fi
+if ! id kiln >/dev/null 2>&1; then
+  useradd --system --gid kiln --home-dir /srv/kiln --no-create-home --shell /usr/sbin/nologin kiln
+  changed "user kiln"
+fi
+
+ensure_dir /srv/kiln 0755 root:root
+ensure_dir /srv/kiln/releases 0755 root:root
+ensure_dir /srv/kiln/shared 0755 root:root
+# setgid group www-data: uploads (FILE_UPLOAD_PERMISSIONS 0640) stay readable by nginx, not by others
+ensure_dir /srv/kiln/shared/media 2750 kiln:www-data
+ensure_dir /etc/kiln 0750 root:kiln
+ensure_dir /var/log/kiln 0750 kiln:adm
+ensure_dir /var/lib/kiln 0750 root:kiln
+ensure_dir /usr/share/kiln 0755 root:root
+put etc/tmpfiles.d/kiln.conf || true
+# /run/kiln (gunicorn socket; group www-data so nginx can reach it) — tmpfiles creates it at every boot.
+if booted; then systemd-tmpfiles --create /etc/tmpfiles.d/kiln.conf; fi

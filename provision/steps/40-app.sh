@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# step: the app as an immutable release: /srv/kiln/releases/<version>/{app,venv,static} + current symlink
+set -euo pipefail
+# shellcheck source=provision/lib/common.sh
+. "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
+
+# The helpers the server-side tools (kiln-release, kiln-firstboot) share with this provisioner.
+install_file "$KILN_PROVISION_DIR/lib/common.sh" /usr/local/lib/kiln/lib/common.sh 0644 || true
+for f in "$KILN_PROVISION_DIR"/distro/*.sh; do
+  install_file "$f" "/usr/local/lib/kiln/distro/$(basename "$f")" 0644 || true
+done
+put usr/local/sbin/kiln-release 0755 || true
+
+before=$(readlink /srv/kiln/current 2>/dev/null || true)
+KILN_PROVISION_DIR=/usr/local/lib/kiln /usr/local/sbin/kiln-release deploy "$KILN_APP_SRC" ${KILN_VERSION:+"$KILN_VERSION"}
+after=$(readlink /srv/kiln/current)
+if [ "$before" != "$after" ]; then changed "/srv/kiln/current -> $after"; fi
+log "current release: $after"

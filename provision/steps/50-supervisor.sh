@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# step: Supervisor (under systemd, Restart=always) running kiln-web (gunicorn) and kiln-worker (rq, 2 procs)
+set -euo pipefail
+# shellcheck source=provision/lib/common.sh
+. "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
+
+apt_install "${PKG_WEB[@]}"
+if put usr/local/bin/kiln-gunicorn 0755; then need_restart kiln-web; fi
+if put etc/supervisor/conf.d/kiln.conf; then need_reload supervisor; fi
+if put etc/systemd/system/supervisor.service.d/kiln.conf; then need_restart daemon-reload; fi
+svc_enable supervisor.service || true

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# step: nginx: gunicorn upstream, /static and /media, security headers, TLS (cert at first boot), error page
+set -euo pipefail
+# shellcheck source=provision/lib/common.sh
+. "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
+
+apt_install "${PKG_WEB[@]}"
+reload=0
+for f in etc/nginx/conf.d/kiln.conf etc/nginx/snippets/kiln-headers.conf etc/nginx/snippets/kiln-headers-https.conf \
+         etc/nginx/snippets/kiln-tls.conf etc/nginx/snippets/kiln-proxy.conf etc/nginx/sites-available/kiln; do
+  put "$f" && reload=1
+done
+printf '# HTTP/2 (distro-specific syntax, from provision/distro/%s.sh)\n%s\n' "$KILN_DISTRO" "$NGINX_HTTP2_DIRECTIVE" \
+  | write_file /etc/nginx/snippets/kiln-http2.conf 0644 root:root && reload=1
+ensure_symlink ../sites-available/kiln /etc/nginx/sites-enabled/kiln && reload=1
+if [ -e /etc/nginx/sites-enabled/default ] || [ -L /etc/nginx/sites-enabled/default ]; then
+  remove_path /etc/nginx/sites-enabled/default; reload=1
+fi
+put usr/share/kiln/kiln-errors/50x.html || true
+ensure_dir /var/www/letsencrypt 0755 root:root
+ensure_dir /etc/kiln/tls 0750 root:root
+if put etc/systemd/system/nginx.service.d/kiln.conf; then need_restart daemon-reload; fi
+[ "$reload" -eq 0 ] || need_reload nginx
+svc_enable nginx.service || true

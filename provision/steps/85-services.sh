@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# step: security services: fail2ban (sshd), AppArmor, auditd, time sync, sysstat, debsums; security updates verified
+set -euo pipefail
+# shellcheck source=provision/lib/common.sh
+. "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
+
+# Each package is small and earns its place on a 1 GB VPS:
+#  fail2ban + python3-systemd  bans SSH brute force (journal backend)
+#  apparmor                    loads the distro's profiles (kernel LSM is on by default in Debian/Ubuntu)
+#  auditd                      tamper trail for identity/sudo/sshd/Kiln config changes (rules.d/50-kiln.rules)
+#  systemd-timesyncd           clock sync: TLS, logs and fail2ban windows need the right time (minbase has none)
+#  sysstat                     10-minute CPU/memory/IO history for capacity questions, self-rotating
+#  debsums                     verify installed files against package checksums after an incident
+apt_install fail2ban python3-systemd apparmor auditd systemd-timesyncd sysstat debsums
+
+if put etc/fail2ban/jail.local; then need_restart fail2ban.service; fi
+svc_enable fail2ban.service || true
+
+if put etc/audit/rules.d/50-kiln.rules 0640; then need_restart auditd.service; fi
+# Same skip-in-containers condition for the rules loader (a separate unit since audit 4).
+for unit in auditd.service audit-rules.service; do
+  if install_file "$KILN_FILES/etc/systemd/system/auditd.service.d/kiln.conf" "/etc/systemd/system/$unit.d/kiln.conf"; then
+    need_restart daemon-reload
+  fi
+done
+svc_enable auditd.service || true
+
+svc_enable apparmor.service || true
+svc_enable systemd-timesyncd.service || true
+
+if ! grep -qx 'ENABLED="true"' /etc/default/sysstat; then
+  sed -i 's/^ENABLED=.*/ENABLED="true"/' /etc/default/sysstat
+  changed "sysstat collection enabled"
+fi
+svc_enable sysstat.service || true
+
+# Security updates: 10-base installs unattended-upgrades + 20auto-upgrades; verify it, and that the distro's
+# security archive is configured at all (without it "no pending security updates" means nothing).
+pkg_installed unattended-upgrades || die "unattended-upgrades is not installed (10-base should install it)"
+aptconf=$(apt-config dump 2>/dev/null)
+grep -q '^APT::Periodic::Unattended-Upgrade "1"' <<<"$aptconf" \
+  || die "APT::Periodic::Unattended-Upgrade is not enabled"
+if ! grep -rqsE 'security\.debian\.org|debian-security|-security' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  case $KILN_DISTRO in
+    debian-*)
+      # shellcheck disable=SC1091
+      codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+      printf 'Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: %s-security\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$codename" | write_file /etc/apt/sources.list.d/debian-security.sources 0644 root:root || true
+      warn "no security archive was configured: added debian-security ($codename-security)"
+      ;;
+    *) warn "no -security suite in the apt sources: unattended-upgrades has nothing to install" ;;
+  esac
+fi
+log "fail2ban(sshd, systemd backend), apparmor, auditd, timesyncd, sysstat, debsums; unattended-upgrades verified"

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# step: (booted systems only) apply changes: restart/reload what changed, run first boot if needed, start all
+set -euo pipefail
+# shellcheck source=provision/lib/common.sh
+. "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
+
+if ! booted; then
+  log "no systemd running (image build / chroot): services are enabled and start at boot, after kiln-firstboot"
+  exit 0
+fi
+wants() { grep -qx "$1 $2" "$KILN_CHANGES"; }
+act() { log "$*"; "$@"; }
+
+if wants restart daemon-reload; then act systemctl daemon-reload; fi
+if wants restart "$DB_SERVICE"; then act systemctl restart "$DB_SERVICE"; fi
+systemctl is-active -q "$DB_SERVICE" || act systemctl start "$DB_SERVICE"
+# First boot of this instance (Vagrant provisions a running VM; Packer reboots, then the marker matches).
+[ "$(cat /var/lib/kiln/firstboot.done 2>/dev/null || true)" = "$(cat /etc/machine-id)" ] || act systemctl start kiln-firstboot.service
+for name in cache queue; do
+  unit=redis-server@$name.service
+  if wants restart "$unit" && systemctl is-active -q "$unit"; then act systemctl restart "$unit"; fi
+  systemctl is-active -q "$unit" || act systemctl start "$unit"
+done
+if systemctl is-active -q supervisor.service; then
+  if wants reload supervisor; then act supervisorctl update; fi
+  if wants restart kiln-web; then act supervisorctl restart kiln-web; fi
+else
+  act systemctl start supervisor.service
+fi
+if systemctl is-active -q nginx.service; then
+  if wants reload nginx; then nginx -t -q && act systemctl reload nginx.service; fi
+else
+  act systemctl start nginx.service
+fi

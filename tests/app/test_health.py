@@ -1,0 +1,74 @@
+import json
+
+import pytest
+
+from records.models import Record
+
+
+def test_healthz_needs_no_dependencies(client, stop_service):
+    # No django_db mark: pytest-django turns any database access into an error (500) here.
+    with stop_service("cache"), stop_service("queue"):
+        response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"ok": True}
+
+
+@pytest.mark.django_db
+def test_readyz_is_200_when_everything_is_up(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["ok"] is True
+    for component in ("database", "cache", "queue"):
+        assert body[component]["ok"] is True
+        assert body[component]["error"] is None
+        assert isinstance(body[component]["latency_ms"], float | int)
+
+
+@pytest.mark.django_db
+def test_readyz_is_503_naming_the_cache_when_cache_redis_is_stopped(client, stop_service):
+    with stop_service("cache"):
+        response = client.get("/readyz")
+        page = client.get("/records/")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["cache"]["ok"] is False and body["cache"]["error"]
+    assert body["database"]["ok"] is True and body["queue"]["ok"] is True
+    assert page.status_code == 503
+    assert b"cache" in page.content
+    assert client.get("/readyz").status_code == 200
+
+
+@pytest.mark.django_db
+def test_readyz_is_503_naming_the_queue_when_queue_redis_is_stopped(client, stop_service):
+    with stop_service("queue"):
+        response = client.get("/readyz")
+        export = client.post("/api/exports/", json.dumps({"email": "a@example.com"}), content_type="application/json")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["queue"]["ok"] is False and body["queue"]["error"]
+    assert body["database"]["ok"] is True and body["cache"]["ok"] is True
+    assert export.status_code == 503
+    assert export.json()["component"] == "queue"
+    assert client.get("/readyz").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readyz_and_pages_are_503_not_500_when_database_is_stopped(client, stop_service):
+    record = Record.objects.create(title="warm", body="x")
+    client.get("/records/")  # warm the list cache: it must not hide the dead database from readyz
+    with stop_service("database"):
+        ready = client.get("/readyz")
+        detail = client.get(f"/records/{record.pk}/")
+        api = client.get(f"/api/records/{record.pk}/")
+        create = client.post("/records/new/", {"title": "t", "body": "b"})
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["database"]["ok"] is False and body["database"]["error"]
+    assert body["cache"]["ok"] is True and body["queue"]["ok"] is True
+    for response in (detail, create):
+        assert response.status_code == 503
+        assert b"database" in response.content
+    assert api.status_code == 503
+    assert api.json()["component"] == "database"
+    assert client.get("/readyz").status_code == 200

@@ -1,0 +1,71 @@
+import pytest
+from django.urls import reverse
+
+from records.models import Record
+
+pytestmark = pytest.mark.django_db
+
+
+def test_record_created_through_form_redirects_to_its_detail_page(client):
+    response = client.post("/records/new/", {"title": "Kiln log", "body": "First firing at 1240C"})
+    record = Record.objects.get(title="Kiln log")
+    assert response.status_code == 302
+    assert response["Location"] == f"/records/{record.pk}/"
+
+    detail = client.get(response["Location"])
+    assert detail.status_code == 200
+    assert b"First firing at 1240C" in detail.content
+
+
+def test_list_page_shows_records_newest_first(client):
+    Record.objects.create(title="older", body="a")
+    Record.objects.create(title="newer", body="b")
+    response = client.get("/records/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert html.index("newer") < html.index("older")
+    assert "Records (2)" in html
+
+
+def test_list_page_is_paginated(client, settings):
+    Record.objects.bulk_create(Record(title=f"r{i:02}", body="x") for i in range(settings.RECORDS_PAGE_SIZE + 3))
+    first = client.get("/records/").content.decode()
+    second = client.get("/records/?page=2").content.decode()
+    assert "page 1 of 2" in first and "page 2 of 2" in second
+    assert second.count("<li>") == 3
+    assert client.get("/records/?page=3").status_code == 404
+
+
+def test_create_form_renders(client):
+    response = client.get("/records/new/")
+    assert response.status_code == 200
+    assert b'name="title"' in response.content
+
+
+def test_invalid_form_is_rerendered_with_field_errors_and_400(client):
+    response = client.post("/records/new/", {"title": "", "body": ""})
+    assert response.status_code == 400
+    form = response.context["form"]
+    assert set(form.errors) == {"title", "body"}
+    assert b"This field is required." in response.content
+    assert Record.objects.count() == 0
+
+
+def test_unknown_record_page_is_404(client):
+    response = client.get(reverse("records:detail", args=[999999]))
+    assert response.status_code == 404
+    assert b"Not found" in response.content
+
+
+def test_oversized_form_post_is_413_not_500(client, settings):
+    response = client.post("/records/new/", {"title": "big", "body": "x" * (settings.MAX_UPLOAD_BYTES + 1)})
+    assert response.status_code == 413
+    assert str(settings.MAX_UPLOAD_BYTES).encode() in response.content
+    assert Record.objects.count() == 0
+
+
+def test_admin_is_enabled_and_lists_records(admin_client):
+    Record.objects.create(title="in admin", body="x")
+    response = admin_client.get("/admin/records/record/")
+    assert response.status_code == 200
+    assert b"in admin" in response.content

@@ -1,0 +1,70 @@
+import os
+
+import pytest
+
+from conftest import run_manage
+
+PRODUCTION_ENV = {
+    "DEBUG": "off",
+    "SECRET_KEY": "Zq8-production-like-secret-key-4kT!pW2@vN7#xL5$mR9%bH3^cJ6&fD1*gS0",
+    "ALLOWED_HOSTS": "kiln.example.com",
+    "CSRF_TRUSTED_ORIGINS": "https://kiln.example.com",
+    "DATABASE_URL": "mysql://kiln:pw@127.0.0.1:3306/kiln",
+    "CACHE_URL": "redis://:pw@127.0.0.1:6379/0",
+    "QUEUE_URL": "redis://:pw@127.0.0.1:6380/0",
+}
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    keep = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV"}
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env.update(overrides)
+    return env
+
+
+def test_check_deploy_is_clean_with_production_env():
+    env = clean_env(**PRODUCTION_ENV)
+    env.pop("SECURE_SSL_REDIRECT", None)
+    result = run_manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_settings_refuse_to_load_without_secret_key_when_debug_off():
+    env = clean_env(**{k: v for k, v in PRODUCTION_ENV.items() if k != "SECRET_KEY"})
+    result = run_manage("check", env=env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert "SECRET_KEY environment variable is required" in result.stderr
+
+
+def test_env_file_is_read_and_real_env_wins(tmp_path):
+    env_file = tmp_path / "kiln.env"
+    env_file.write_text("SECRET_KEY=from-file-0123456789\nLOG_LEVEL=ERROR\nDEBUG=on\n")
+    env = clean_env(KILN_ENV_FILE=str(env_file), LOG_LEVEL="DEBUG")
+    code = "from django.conf import settings as s; print(s.SECRET_KEY, s.LOG_LEVEL, s.DEBUG)"
+    result = run_manage("shell", "-c", code, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].split() == ["from-file-0123456789", "DEBUG", "True"]
+
+
+@pytest.mark.django_db
+def test_plain_http_is_redirected_to_https_except_health_probes(client, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    response = client.get("/records/")
+    assert response.status_code == 301
+    assert response["Location"].startswith("https://")
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/records/", headers={"X-Forwarded-Proto": "https"}).status_code != 301
+
+
+def test_logs_are_json_lines():
+    import json
+    import logging
+
+    from kiln.jsonlog import JsonFormatter
+
+    record = logging.LogRecord("kiln.test", logging.ERROR, __file__, 1, "boom %s", ("x",), None)
+    record.component = "cache"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "boom x" and line["level"] == "ERROR" and line["component"] == "cache"

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Lynis audit of a Kiln target: hardening index >= threshold, every warning and every skipped test waived.
+# Usage: tests/hardening/lynis.sh [-t THRESHOLD] [-w WAIVERS] [-o OUTDIR] TARGET
+#   TARGET = ROOTFS_DIR        a root file system with lynis installed: booted with systemd-nspawn (--volatile=overlay,
+#                              private network: the directory is not modified), audited inside (fast tier, ~1 min)
+#          | ssh:DEST          a running VM: `ssh $LYNIS_SSH_OPTS DEST` (e.g. LYNIS_SSH_OPTS="-F .vagrant/kiln-ssh-config"
+#                              DEST=default); lynis is apt-installed there if missing; runs with sudo (8-10 min under TCG)
+#   -t  minimum hardening index [85]       -w  waiver file [tests/hardening/lynis-waivers.txt]
+#   -o  keep lynis-report.dat, lynis.log and lynis.out in OUTDIR
+# Exit: 0 pass; 1 index below threshold or unwaived warnings/skips; 2 usage or the audit could not run.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+THRESHOLD=85
+WAIVERS=$HERE/lynis-waivers.txt
+OUTDIR=""
+while getopts 't:w:o:h' opt; do
+  case $opt in
+    t) THRESHOLD=$OPTARG ;; w) WAIVERS=$OPTARG ;; o) OUTDIR=$OPTARG ;;
+    *) sed -n '2,10p' "$0"; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+[ $# -eq 1 ] || { sed -n '2,10p' "$0"; exit 2; }
+TARGET=$1
+[ -r "$WAIVERS" ] || { echo "lynis: waiver file $WAIVERS not readable" >&2; exit 2; }
+
+WORK=$(mktemp -d /tmp/kiln-lynis.XXXXXX)
+LYNIS_ARGS=(audit system --quick --no-colors --report-file /tmp/kiln-lynis-report.dat --logfile /tmp/kiln-lynis.log)
+# shellcheck source=tests/hardening/nspawn-lib.sh
+. "$HERE/nspawn-lib.sh"
+cleanup() { nspawn_stop; if [ -n "$OUTDIR" ]; then mkdir -p "$OUTDIR"; cp -f "$WORK"/* "$OUTDIR"/ 2>/dev/null || true; fi; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+t0=$(date +%s)
+case $TARGET in
+  ssh:*)
+    dest=${TARGET#ssh:}
+    read -r -a sshopts <<<"${LYNIS_SSH_OPTS:-}"
+    rsh() { ssh "${sshopts[@]}" -o BatchMode=yes "$dest" "$@"; }
+    env_desc="ssh $dest: $(rsh 'uname -r; systemd-detect-virt' | paste -sd' ')"
+    rsh 'command -v lynis >/dev/null || sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q lynis >/dev/null' \
+      || { echo "lynis: could not install lynis on $dest" >&2; exit 2; }
+    echo "lynis: auditing $dest (under TCG this takes 8-10 minutes)" >&2
+    rsh "sudo lynis ${LYNIS_ARGS[*]}" >"$WORK/lynis.out" 2>&1 || true
+    rsh 'sudo cat /tmp/kiln-lynis-report.dat' >"$WORK/lynis-report.dat"
+    rsh 'sudo cat /tmp/kiln-lynis.log' >"$WORK/lynis.log"
+    ;;
+  *)
+    [ -d "$TARGET" ] || { echo "lynis: $TARGET is neither ssh:DEST nor a directory" >&2; exit 2; }
+    [ -x "$TARGET/usr/sbin/lynis" ] || { echo "lynis: $TARGET has no /usr/sbin/lynis (install lynis into the rootfs)" >&2; exit 2; }
+    [ "$(id -u)" -eq 0 ] || { echo "lynis: booting a rootfs needs root" >&2; exit 2; }
+    nspawn_boot "$TARGET" "kiln-lynis-$$"
+    env_desc="systemd-nspawn container (host kernel $(uname -r)) of $TARGET"
+    nspawn_exec lynis "${LYNIS_ARGS[@]}" >"$WORK/lynis.out" 2>&1 || true
+    nspawn_exec cat /tmp/kiln-lynis-report.dat >"$WORK/lynis-report.dat"
+    nspawn_exec cat /tmp/kiln-lynis.log >"$WORK/lynis.log"
+    nspawn_stop
+    ;;
+esac
+[ -s "$WORK/lynis-report.dat" ] || { echo "lynis: no report produced" >&2; tail -20 "$WORK/lynis.out" >&2; exit 2; }
+echo "lynis: audit took $(( $(date +%s) - t0 ))s in: $env_desc"
+
+python3 - "$WORK/lynis-report.dat" "$WORK/lynis.log" "$WAIVERS" "$THRESHOLD" <<'PY'
+import re, sys
+report, log, waivers_path, threshold = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+rep = {}
+lists = {"warning[]": [], "suggestion[]": []}
+for line in open(report, errors="replace"):
+    line = line.rstrip("\n")
+    if "=" not in line or line.startswith("#"):
+        continue
+    k, v = line.split("=", 1)
+    if k in lists:
+        lists[k].append(v)
+    else:
+        rep[k] = v
+# skip reasons from the log: "Skipped test ID (desc)" followed by "Reason to skip: ..."
+skips, last = {}, None
+for line in open(log, errors="replace"):
+    m = re.search(r"Skipped test (\S+) \((.*)\)$", line.rstrip())
+    if m:
+        last = m.group(1); skips[last] = [m.group(2), ""]; continue
+    m = re.search(r"Reason to skip: (.*)$", line.rstrip())
+    if m and last:
+        skips[last][1] = m.group(1); last = None
+for t in filter(None, rep.get("tests_skipped", "").split("|")):
+    skips.setdefault(t, ["?", "?"])
+# waivers: "KIND:ID reason" or "ID reason" (= skip); "@os" waives skips whose reason is another OS
+waived = {}
+for n, line in enumerate(open(waivers_path), 1):
+    line = line.strip()
+    if not line or line.startswith("#"):
+        continue
+    key, _, reason = line.partition(" ")
+    if not reason.strip():
+        sys.exit(f"lynis: {waivers_path}:{n}: waiver '{key}' has no reason")
+    if ":" not in key:
+        key = "skip:" + key
+    waived[key] = reason.strip()
+
+idx = int(rep.get("hardening_index", "0"))
+fails = 0
+print(f"\nHardening index: {idx} (threshold {threshold}); tests done: {rep.get('lynis_tests_done','?')}; "
+      f"lynis {rep.get('lynis_version','?')} on {rep.get('os_fullname', rep.get('os_name','?'))}")
+print(f"\nWarnings ({len(lists['warning[]'])}):")
+for w in lists["warning[]"]:
+    tid, text = (w.split("|") + [""])[:2]
+    r = waived.get("warning:" + tid)
+    print(f"  {'waived ' if r else 'OPEN   '} {tid}: {text}" + (f"  -- {r}" if r else ""))
+    fails += 0 if r else 1
+print(f"\nSuggestions ({len(lists['suggestion[]'])}; informational, accepted ones carry a reason):")
+for s in lists["suggestion[]"]:
+    parts = (s.split("|") + ["", ""])
+    tid, text, detail = parts[0], parts[1], parts[2]
+    r = waived.get("suggestion:" + tid)
+    extra = f" [{detail}]" if detail not in ("", "-") else ""
+    print(f"  {'accepted' if r else 'open    '} {tid}: {text}{extra}" + (f"  -- {r}" if r else ""))
+unwaived = []
+os_skips = 0
+for t, (desc, why) in sorted(skips.items()):
+    if ("skip:" + t) in waived:
+        continue
+    if "skip:@os" in waived and (why.startswith("Incorrect guest OS") or why.startswith("Test only applies to")):
+        os_skips += 1; continue
+    unwaived.append((t, desc, why))
+print(f"\nSkipped tests: {len(skips)} ({os_skips} for other operating systems, waived by @os; "
+      f"{len(skips) - os_skips - len(unwaived)} waived by ID; {len(unwaived)} not waived)")
+for t, desc, why in unwaived:
+    print(f"  NOT WAIVED {t} ({desc}): {why}")
+fails += len(unwaived)
+if idx < threshold:
+    print(f"\nFAIL: hardening index {idx} < {threshold}"); fails += 1
+print(f"\nlynis: {'PASS' if fails == 0 else 'FAIL'}: index {idx}, {fails} finding(s) "
+      f"(unwaived warnings/skips, index below threshold)")
+sys.exit(1 if fails else 0)
+PY

@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Boot check of the built VPS image with plain QEMU, the way a cloud would start it: a copy-on-write overlay (the
+# image is never modified), a NoCloud seed ISO carrying a fresh SSH key, user networking with random free host
+# ports forwarded to 22/80/443. One VM at a time; every VM is killed on exit.
+#   1. instance A: boot -> first GET /readyz 200 through nginx on :80 (timed), admin login page over HTTPS (:443,
+#      self-signed), read its identity over SSH (seed key, sudo)
+#   2. instance B from the same image: the same, and it must differ from A in SECRET_KEY, database password, SSH host
+#      keys (ssh-keyscan fingerprints) and /etc/machine-id
+# The serial console is watched: a kernel panic is reported as such and that boot is retried once.
+# Usage: tests/image/boot-check.sh [IMAGE.qcow2]
+# Env: DISTRO [debian-13]; IMAGE [newest build/<distro>/kiln-<distro>-*.qcow2]; ACCEL kvm|tcg [probe];
+#      BOOT_TIMEOUT [900] seconds per boot until /readyz 200; SMP [2]; MEM [2048]; KEEP_LOGS=1 keeps the work dir.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+DISTRO=${DISTRO:-debian-13}
+newest=$(find "$repo/build/$DISTRO" -maxdepth 1 -name "kiln-$DISTRO-*.qcow2" -printf '%T@ %p\n' 2>/dev/null \
+  | sort -n | tail -1 | cut -d' ' -f2-)
+IMAGE=${1:-${IMAGE:-$newest}}
+if [ -z "$IMAGE" ] || [ ! -r "$IMAGE" ]; then
+  echo "boot-check: no image (build one: make image, or set IMAGE=)" >&2; exit 1
+fi
+IMAGE=$(readlink -f "$IMAGE")
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-900}
+"$repo/tools/apt-ensure.sh" qemu-system-x86 qemu-utils genisoimage openssh-client curl python3
+ACCEL=$("$repo/packer/scripts/kvm-probe.sh")
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/kiln-boot-check.XXXXXX")
+vmpid=""
+stop_vm() {
+  if [ -n "$vmpid" ] && kill -0 "$vmpid" 2>/dev/null; then
+    kill "$vmpid" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$vmpid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$vmpid" 2>/dev/null || true
+  fi
+  if [ -n "$vmpid" ]; then wait "$vmpid" 2>/dev/null || true; fi
+  vmpid=""
+}
+cleanup() {
+  local rc=$?
+  stop_vm
+  if [ $rc -ne 0 ] || [ -n "${KEEP_LOGS:-}" ]; then
+    echo "boot-check: logs kept in $work" >&2
+    rm -f "$work"/*.qcow2
+  else
+    rm -rf "$work"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '[boot-check %s] %s\n' "$(date -u +%T)" "$*"; }
+fail() { printf '[boot-check] FAIL: %s\n' "$*" >&2; exit 1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+ssh-keygen -q -t ed25519 -N '' -C kiln-boot-check -f "$work/key"
+SSH_OPTS=(-i "$work/key" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+          -o LogLevel=ERROR -o ConnectTimeout=10 -o BatchMode=yes)
+
+make_seed() { # make_seed NAME -> $work/NAME-seed.iso
+  local n=$1 d="$work/$1-seed"
+  mkdir -p "$d"
+  cat >"$d/user-data" <<EOF
+#cloud-config
+users:
+  - name: kilncheck
+    shell: /bin/bash
+    lock_passwd: true
+    sudo: "ALL=(ALL) NOPASSWD:ALL"
+    ssh_authorized_keys:
+      - $(cat "$work/key.pub")
+EOF
+  printf 'instance-id: kiln-check-%s-%s\nlocal-hostname: kiln-check-%s\n' "$n" "$(date +%s%N)" "$n" >"$d/meta-data"
+  genisoimage -quiet -output "$work/$n-seed.iso" -volid cidata -joliet -rock "$d/user-data" "$d/meta-data"
+}
+
+# boot NAME: start a VM from a fresh overlay, wait for /readyz 200. Sets P22 P80 P443 BOOT_SECS. Returns 2 on panic.
+boot() {
+  local n=$1 serial="$work/$1-serial.log" t0 code
+  qemu-img create -q -f qcow2 -F qcow2 -b "$IMAGE" "$work/$n.qcow2"
+  make_seed "$n"
+  P22=$(free_port); P80=$(free_port); P443=$(free_port)
+  : >"$serial"
+  t0=$(date +%s.%N)
+  qemu-system-x86_64 -accel "$ACCEL" -cpu max -smp "${SMP:-2}" -m "${MEM:-2048}" -display none -nodefaults \
+    -serial "file:$serial" -no-reboot \
+    -drive "file=$work/$n.qcow2,if=virtio,format=qcow2,discard=unmap" \
+    -drive "file=$work/$n-seed.iso,media=cdrom,if=ide,readonly=on" \
+    -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$P22-:22,hostfwd=tcp:127.0.0.1:$P80-:80,hostfwd=tcp:127.0.0.1:$P443-:443" \
+    -device virtio-net-pci,netdev=n0 >"$work/$n-qemu.log" 2>&1 &
+  vmpid=$!
+  say "$n: booting $(basename "$IMAGE") (accel $ACCEL, pid $vmpid, ssh :$P22, http :$P80, https :$P443)"
+  local last="" now
+  while :; do
+    if grep -aqE 'Kernel panic|Oops: ' "$serial"; then
+      say "$n: KERNEL PANIC on the serial console:"
+      grep -aE -A3 'Kernel panic|Oops: ' "$serial" | head -12 | sed 's/^/    /'
+      stop_vm; return 2
+    fi
+    kill -0 "$vmpid" 2>/dev/null || { tail -20 "$serial"; cat "$work/$n-qemu.log"; fail "$n: QEMU exited"; }
+    code=$(curl -s -o "$work/$n-readyz.json" -w '%{http_code}' -m 5 "http://127.0.0.1:$P80/readyz" || true)
+    if [ "$code" = 200 ]; then
+      BOOT_SECS=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
+      say "$n: boot -> first GET /readyz 200 in ${BOOT_SECS}s: $(head -c 300 "$work/$n-readyz.json")"
+      return 0
+    fi
+    now=$(python3 -c "print(int(__import__('time').time() - $t0))")
+    [ "$now" -lt "$BOOT_TIMEOUT" ] || { tail -30 "$serial"; fail "$n: no /readyz 200 within ${BOOT_TIMEOUT}s (last: ${code:-none})"; }
+    if [ "$code" != "$last" ]; then say "$n: ${now}s: /readyz -> ${code/000/no answer}"; last=$code; fi
+    sleep 2
+  done
+}
+
+boot_retry() { # boot once, retry once after a kernel panic
+  local rc=0
+  boot "$1" || rc=$?
+  if [ $rc -eq 2 ]; then
+    say "$1: retrying the boot once after the kernel panic"
+    mv "$work/$1-serial.log" "$work/$1-serial.panic.log"
+    rm -f "$work/$1.qcow2"
+    rc=0; boot "$1" || rc=$?
+    [ $rc -eq 0 ] || fail "$1: kernel panic twice"
+  fi
+}
+
+vssh() { ssh "${SSH_OPTS[@]}" -p "$P22" kilncheck@127.0.0.1 "$@"; }
+
+inspect() { # inspect NAME: HTTPS admin login page, identity over SSH -> $work/NAME.id
+  local n=$1 code
+  code=$(curl -sk -o "$work/$n-admin.html" -w '%{http_code}' -m 20 "https://127.0.0.1:$P443/admin/login/" || true)
+  [ "$code" = 200 ] || fail "$n: GET https /admin/login/ -> $code"
+  grep -qi 'csrfmiddlewaretoken' "$work/$n-admin.html" || fail "$n: /admin/login/ is not Django's login form"
+  say "$n: HTTPS /admin/login/ -> 200 (login form, self-signed certificate)"
+  for _ in $(seq 1 30); do vssh true 2>/dev/null && break; sleep 2; done
+  vssh true || fail "$n: SSH login with the seed key failed"
+  ssh-keyscan -p "$P22" 127.0.0.1 2>/dev/null | ssh-keygen -lf - | awk '{print $2, $NF}' | sort >"$work/$n.hostkeys"
+  [ -s "$work/$n.hostkeys" ] || fail "$n: ssh-keyscan returned no host keys"
+  # Secrets are compared by hash; their values never leave the VM.
+  # shellcheck disable=SC2016
+  vssh 'sudo sh -c '\''
+    . /etc/kiln/secrets.env
+    echo "machine-id $(cat /etc/machine-id)"
+    echo "secret-key-sha256 $(printf %s "$SECRET_KEY" | sha256sum | cut -c1-16)"
+    echo "db-password-sha256 $(printf %s "$DB_PASSWORD" | sha256sum | cut -c1-16)"
+    echo "env-secret-key-sha256 $(sed -n "s/^SECRET_KEY=//p" /etc/kiln/kiln.env | tr -d "\n" | sha256sum | cut -c1-16)"
+  '\''' >"$work/$n.id"
+  grep -q '^machine-id [0-9a-f]\{32\}$' "$work/$n.id" || fail "$n: no machine-id"
+  # Image hygiene seen from inside: no build or Vagrant leftovers, no build CA, no failed unit.
+  # shellcheck disable=SC2016
+  vssh 'sudo sh -c '\''
+    for u in vagrant kilnbuild; do getent passwd $u >/dev/null && echo "user $u exists"; done
+    [ -e /root/.ssh/authorized_keys ] && echo "/root/.ssh/authorized_keys exists"
+    ls /usr/local/share/ca-certificates | grep -q . && echo "build CA certificates left: $(ls /usr/local/share/ca-certificates)"
+    systemctl list-units --state=failed --no-legend --plain | grep . | sed "s/^/failed unit: /"
+    true
+  '\''' >"$work/$n.hygiene"
+  if [ -s "$work/$n.hygiene" ]; then sed 's/^/    /' "$work/$n.hygiene"; fail "$n: image hygiene"; fi
+  say "$n: identity: $(grep machine-id "$work/$n.id"), host keys: $(wc -l <"$work/$n.hostkeys"), root fs $(vssh df -h / | awk 'NR==2{print $2}')"
+}
+
+shutdown_vm() {
+  vssh sudo systemctl poweroff >/dev/null 2>&1 || true
+  for _ in $(seq 1 30); do kill -0 "$vmpid" 2>/dev/null || break; sleep 1; done
+  stop_vm
+}
+
+say "image $IMAGE ($(du -h "$IMAGE" | cut -f1)), accelerator $ACCEL"
+start=$(date +%s)
+boot_retry a; A_SECS=$BOOT_SECS; inspect a; shutdown_vm
+boot_retry b; B_SECS=$BOOT_SECS; inspect b; shutdown_vm
+
+same=()
+for k in machine-id secret-key-sha256 db-password-sha256 env-secret-key-sha256; do
+  a=$(awk -v k="$k" '$1==k{print $2}' "$work/a.id"); b=$(awk -v k="$k" '$1==k{print $2}' "$work/b.id")
+  [ -n "$a" ] && [ "$a" != "$b" ] || same+=("$k")
+done
+if [ -n "$(comm -12 "$work/a.hostkeys" "$work/b.hostkeys")" ]; then same+=("ssh-host-keys"); fi
+[ ${#same[@]} -eq 0 ] || fail "instances a and b share: ${same[*]}"
+say "instances a and b differ in machine-id, SECRET_KEY, database password and SSH host keys"
+say "PASS: boot -> first /readyz 200: a ${A_SECS}s, b ${B_SECS}s (accel $ACCEL); total $(( $(date +%s) - start ))s"

@@ -1,0 +1,239 @@
+"""Helpers for the Kiln infra suites: run commands on the target, wait with evidence, talk HTTP/Redis/rq there.
+
+Every check runs *on the target* (curl, redis-cli, the release venv), so the suites work against any host that
+testinfra reaches (the Vagrant VM, a droplet, a container), not only through forwarded ports.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shlex
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+RELEASE = "/srv/kiln/current"
+VENV_PY = f"{RELEASE}/venv/bin/python"
+APP_DIR = f"{RELEASE}/app"
+ENV_FILE = "/etc/kiln/kiln.env"
+WEB_LOG = "/var/log/kiln/web.log"
+SOCKET = "/run/kiln/gunicorn.sock"
+SERVICES = ["nginx", "mariadb", "redis-server@cache", "redis-server@queue", "supervisor"]
+
+
+def sh(host, cmd: str, ok=(0,), timeout: int | None = None):
+    """Run `cmd` on the target (through sh -c; root when the host is opened with sudo). Fails with what it saw."""
+    if timeout:
+        cmd = f"timeout {int(timeout)} sh -c {shlex.quote(cmd)}"
+    res = host.run(cmd)
+    if ok is not None and res.rc not in ok:
+        raise AssertionError(
+            f"command failed (rc={res.rc}): {cmd}\n--- stdout ---\n{res.stdout[-3000:]}\n--- stderr ---\n{res.stderr[-3000:]}"
+        )
+    return res
+
+
+def out(host, cmd: str, **kw) -> str:
+    return sh(host, cmd, **kw).stdout.strip()
+
+
+def wait_for(fn, timeout: float, interval: float = 1.0, what: str = "condition", evidence=None):
+    """Call fn() until it returns a truthy value; on timeout fail with the last value (and evidence() output)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    start = time.monotonic()
+    while True:
+        try:
+            last = fn()
+        except AssertionError as exc:  # a failing probe counts as "not yet"
+            last = f"<probe failed: {exc}>"
+            ok = False
+        else:
+            ok = bool(last)
+        if ok:
+            return last
+        if time.monotonic() >= deadline:
+            extra = ""
+            if evidence is not None:
+                try:
+                    extra = "\n--- evidence ---\n" + str(evidence())
+                except Exception as exc:  # noqa: BLE001 - evidence is best effort
+                    extra = f"\n--- evidence unavailable: {exc}"
+            raise AssertionError(
+                f"timed out after {time.monotonic() - start:.1f}s waiting for {what}; last seen: {last!r}{extra}"
+            )
+        time.sleep(interval)
+
+
+def tail(host, path: str, n: int = 30) -> str:
+    return host.run(f"tail -n {n} {shlex.quote(path)} 2>&1").stdout
+
+
+def journal(host, unit: str, n: int = 30) -> str:
+    return host.run(f"journalctl -u {shlex.quote(unit)} -n {n} --no-pager 2>&1").stdout
+
+
+# --- systemd / supervisor -----------------------------------------------------------------------------------------
+
+
+def main_pid(host, unit: str) -> int:
+    return int(out(host, f"systemctl show -p MainPID --value {shlex.quote(unit)}") or 0)
+
+
+def unit_state(host, unit: str) -> str:
+    return host.run(f"systemctl is-active {shlex.quote(unit)}").stdout.strip()
+
+
+def unit_evidence(host, unit: str) -> str:
+    return host.run(f"systemctl status --no-pager -n 20 {shlex.quote(unit)} 2>&1").stdout
+
+
+@dataclass
+class Prog:
+    name: str
+    state: str
+    pid: int
+    line: str
+
+
+def supervisor_status(host) -> dict[str, Prog]:
+    """`supervisorctl status` as {name: Prog}; names like kiln-web, kiln-worker:kiln-worker-0."""
+    res = host.run("supervisorctl status")
+    progs = {}
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        m = re.search(r"pid (\d+)", line)
+        progs[parts[0]] = Prog(parts[0], parts[1], int(m.group(1)) if m else 0, line)
+    return progs
+
+
+def supervisor_text(host) -> str:
+    res = host.run("supervisorctl status")
+    return f"rc={res.rc}\n{res.stdout}{res.stderr}"
+
+
+def worker_names(host) -> list[str]:
+    return sorted(n for n in supervisor_status(host) if n.startswith("kiln-worker"))
+
+
+def all_running(host, names) -> bool:
+    st = supervisor_status(host)
+    return all(n in st and st[n].state == "RUNNING" for n in names)
+
+
+# --- HTTP (curl on the target) --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
+    raw_headers: str = ""
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status}\n{self.raw_headers.strip()}\n\n{self.body[:800]}"
+
+
+def http(host, path: str, scheme: str = "https", method: str = "GET", data_cmd: str | None = None,
+         headers: dict[str, str] | None = None, timeout: int = 15, host_header: str = "localhost") -> Response:
+    """Request `path` from nginx on the target. data_cmd: a shell command whose stdout is the request body."""
+    port = 443 if scheme == "https" else 80
+    hdrs = {"Host": host_header, **(headers or {})}
+    hargs = " ".join(f"-H {shlex.quote(f'{k}: {v}')}" for k, v in hdrs.items())
+    url = f"{scheme}://127.0.0.1:{port}{path}"
+    body = "--data-binary @-" if data_cmd else ""
+    curl = (f"curl -sk -X {method} {hargs} {body} --max-time {timeout} -D /tmp/kiln-h.$$ -o /tmp/kiln-b.$$ "
+            f"-w '%{{http_code}}' {shlex.quote(url)}")
+    if data_cmd:
+        curl = f"{data_cmd} | {curl}"
+    script = (f"code=$({curl}); printf '%s\\n' \"$code\"; base64 -w0 /tmp/kiln-h.$$ 2>/dev/null; echo; "
+              f"head -c 200000 /tmp/kiln-b.$$ 2>/dev/null | base64 -w0; echo; rm -f /tmp/kiln-h.$$ /tmp/kiln-b.$$")
+    res = host.run(script)
+    lines = res.stdout.split("\n")
+    try:
+        status = int(lines[0].strip() or 0)
+    except ValueError:
+        status = 0
+    raw_h = base64.b64decode(lines[1]).decode("latin-1") if len(lines) > 1 else ""
+    body = base64.b64decode(lines[2]).decode("utf-8", "replace") if len(lines) > 2 else ""
+    # keep the last header block (after redirects/100-continue)
+    blocks = [b for b in re.split(r"\r?\n\r?\n", raw_h) if b.strip()]
+    last = blocks[-1] if blocks else ""
+    parsed = {}
+    for hl in last.splitlines()[1:]:
+        if ":" in hl:
+            k, v = hl.split(":", 1)
+            parsed[k.strip().lower()] = v.strip()
+    return Response(status, parsed, body, last)
+
+
+def wait_http_ok(host, path: str = "/readyz", timeout: float = 10, scheme: str = "http") -> Response:
+    return wait_for(lambda: (r := http(host, path, scheme=scheme, timeout=5)).status == 200 and r,
+                    timeout, 0.5, f"{scheme} {path} -> 200",
+                    evidence=lambda: f"{http(host, path, scheme=scheme, timeout=5)}\n{supervisor_text(host)}\n"
+                                     f"--- {WEB_LOG} ---\n{tail(host, WEB_LOG, 20)}")
+
+
+# --- env file, Redis, Python in the release venv ------------------------------------------------------------------
+
+
+def env_file(host) -> dict[str, str]:
+    text = out(host, f"cat {ENV_FILE}")
+    env = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        k, v = line.split("=", 1)
+        env[k.strip().removeprefix("export ").strip()] = v.strip().strip('"').strip("'")
+    return env
+
+
+def redis_conn(host, which: str) -> tuple[str, int, str]:
+    url = urlparse(env_file(host)["CACHE_URL" if which == "cache" else "QUEUE_URL"])
+    return url.hostname or "127.0.0.1", url.port or (6379 if which == "cache" else 6380), url.password or ""
+
+
+def redis_cli(host, which: str, args: str, auth: bool = True, ok=(0,)):
+    h, p, pw = redis_conn(host, which)
+    pre = f"REDISCLI_AUTH={shlex.quote(pw)} " if auth else ""
+    return sh(host, f"{pre}redis-cli --no-raw -h {h} -p {p} {args}", ok=ok)
+
+
+def redis_info(host, which: str, section: str) -> dict[str, str]:
+    text = redis_cli(host, which, f"INFO {section}").stdout
+    info = {}
+    for line in text.splitlines():
+        if ":" in line and not line.startswith("#"):
+            k, v = line.split(":", 1)
+            info[k.strip().strip('"')] = v.strip().strip('"')
+    return info
+
+
+def app_python(host, code: str, timeout: int = 120, ok=(0,)):
+    """Run Python with Django set up, as the kiln user in the release venv. Returns the last JSON line printed."""
+    prelude = (
+        "import json, os, sys, time\n"
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'kiln.settings')\n"
+        "import django\n"
+        "django.setup()\n"
+    )
+    b64 = base64.b64encode((prelude + code).encode()).decode()
+    cmd = (f"cd {APP_DIR} && echo {b64} | base64 -d > /tmp/kiln-py.$$ && chmod 0644 /tmp/kiln-py.$$ && "
+           f"runuser -u kiln -- env -i PATH=/usr/bin:/bin HOME=/srv/kiln LANG=C.UTF-8 KILN_ENV_FILE={ENV_FILE} "
+           f"PYTHONPATH={APP_DIR} "
+           f"timeout {timeout} {VENV_PY} /tmp/kiln-py.$$; rc=$?; rm -f /tmp/kiln-py.$$; exit $rc")
+    res = sh(host, cmd, ok=ok)
+    for line in reversed(res.stdout.strip().splitlines()):
+        if line.startswith("{") or line.startswith("["):
+            return json.loads(line)
+    return None
+
+
+def boot_id(host) -> str:
+    return out(host, "cat /proc/sys/kernel/random/boot_id")

@@ -1,0 +1,201 @@
+"""rq jobs under failure: warm shutdown, worker crash mid-job, queue Redis restart; cache vs queue eviction.
+
+The slow job is the standard callable `time.sleep`, enqueued by dotted path through rq in the release venv (as the
+kiln user, KILN_ENV_FILE=/etc/kiln/kiln.env), on the app's `default` queue that the kiln-worker programs consume.
+"""
+
+import json
+import textwrap
+
+import pytest
+
+from kilnlib import (all_running, app_python, out, redis_cli, redis_info, sh, supervisor_status, supervisor_text,
+                     tail, wait_for, worker_names)
+
+RQ_PRELUDE = textwrap.dedent("""
+    import django_rq
+    from rq import Retry, Worker
+    from rq.job import Job
+    from rq.registry import FailedJobRegistry, StartedJobRegistry
+    q = django_rq.get_queue("default")
+    conn = q.connection
+    def job_state(job_id):
+        job = Job.fetch(job_id, connection=conn)
+        st = job.get_status(refresh=True)
+        st = str(getattr(st, "value", st))
+        worker = None
+        for w in Worker.all(connection=conn):
+            if w.get_current_job_id() == job_id:
+                worker = {"name": w.name, "pid": w.pid}
+        return {"id": job_id, "status": st, "worker": worker,
+                "in_started": job_id in StartedJobRegistry(queue=q).get_job_ids(),
+                "in_failed": job_id in FailedJobRegistry(queue=q).get_job_ids(),
+                "in_queue": job_id in q.get_job_ids(), "exc": (job.exc_info or "")[-300:]}
+""")
+
+
+def rq(host, code: str, timeout: int = 120):
+    return app_python(host, RQ_PRELUDE + textwrap.dedent(code), timeout=timeout)
+
+
+def enqueue_sleep(host, seconds: int, retries: int = 0, wait_started: bool = True) -> dict:
+    """Enqueue time.sleep(seconds); with wait_started, poll (in the same process, so it is quick under TCG) until a
+    worker has started it. Returns the job state incl. the worker's name and pid."""
+    retry = f", retry=Retry(max={retries})" if retries else ""
+    return rq(host, f"""
+        job = q.enqueue("time.sleep", {seconds}, job_timeout=300, result_ttl=3600, failure_ttl=3600{retry})
+        deadline = time.time() + 90
+        s = job_state(job.id)
+        while {wait_started!r} and not (s["status"] == "started" and s["worker"]) and time.time() < deadline:
+            time.sleep(0.2)
+            s = job_state(job.id)
+        print(json.dumps(s))
+    """)
+
+
+def state(host, job_id: str) -> dict:
+    return rq(host, f"print(json.dumps(job_state({job_id!r})))")
+
+
+def worker_logs(host) -> str:
+    return "\n".join(f"--- {p} ---\n{tail(host, p, 15)}" for p in
+                     out(host, "ls /var/log/kiln/worker-*.log 2>/dev/null || true").split())
+
+
+def started(host, seconds: int, retries: int = 0) -> dict:
+    st = enqueue_sleep(host, seconds, retries)
+    assert st["status"] == "started" and st["worker"], (
+        f"job not started by a worker within 90s: {st}\n{supervisor_text(host)}\n{worker_logs(host)}"
+    )
+    return st
+
+
+def wait_final(host, job_id: str, timeout: float = 120, want=("finished",)) -> dict:
+    return wait_for(lambda: (s := state(host, job_id))["status"] in want and s, timeout, 2,
+                    f"job {job_id} in {want}",
+                    evidence=lambda: f"{state(host, job_id)}\n{supervisor_text(host)}\n{worker_logs(host)}")
+
+
+def wait_workers_running(host, timeout: float = 90):
+    wait_for(lambda: all_running(host, worker_names(host)), timeout, 2, "all kiln-worker RUNNING",
+             evidence=lambda: supervisor_text(host) + worker_logs(host))
+
+
+@pytest.fixture(autouse=True)
+def workers_ready(host):
+    wait_workers_running(host)
+    yield
+    wait_workers_running(host)
+
+
+def _proc_of_pid(host, pid: int) -> str:
+    for name, p in supervisor_status(host).items():
+        if p.pid == pid:
+            return name
+    raise AssertionError(f"pid {pid} is no supervisor program:\n{supervisor_text(host)}")
+
+
+def test_job_in_progress_survives_sigterm_of_its_worker(host):
+    st = started(host, 15)
+    job_id, pid = st["id"], st["worker"]["pid"]
+    name = _proc_of_pid(host, pid)
+    sh(host, f"kill -TERM {pid}")
+    final = wait_final(host, job_id, 90, want=("finished", "failed"))
+    assert final["status"] == "finished", f"job lost its work on SIGTERM of {name} (pid {pid}): {final}"
+    # the worker exits after the job (warm shutdown) and supervisor starts a new one
+    wait_for(lambda: (p := supervisor_status(host).get(name)) and p.state == "RUNNING" and p.pid != pid, 60, 1,
+             f"{name} restarted with a new pid", evidence=lambda: supervisor_text(host))
+
+
+def test_job_in_progress_survives_supervisorctl_restart_of_its_worker(host):
+    # what a deploy does: supervisor sends TERM (stopasgroup) and waits stopwaitsecs for the warm shutdown
+    st = started(host, 15)
+    job_id = st["id"]
+    name = _proc_of_pid(host, st["worker"]["pid"])
+    res = sh(host, f"supervisorctl restart {name}", ok=None, timeout=120)
+    final = wait_final(host, job_id, 90, want=("finished", "failed"))
+    assert final["status"] == "finished", f"job killed by `supervisorctl restart {name}`: {final}\n{res.stdout}"
+
+
+def test_worker_killed_mid_job_requeues_or_fails_the_job_never_loses_it(host):
+    st = started(host, 20, retries=1)
+    job_id, pid = st["id"], st["worker"]["pid"]
+    name = _proc_of_pid(host, pid)
+    horse = out(host, f"pgrep -P {pid} || true")
+    # the worker and its work horse (own process group) die at once, as in an OOM kill
+    sh(host, f"kill -9 {pid} {horse}")
+    wait_for(lambda: (p := supervisor_status(host).get(name)) and p.pid != pid and p.state == "RUNNING", 60, 1,
+             f"{name} back after kill -9", evidence=lambda: supervisor_text(host))
+    after = state(host, job_id)
+    assert after["in_started"] or after["in_queue"] or after["in_failed"] or after["status"] == "finished", \
+        f"job is in no registry after kill -9 of its worker: {after}"
+    # rq's maintenance (every 10 min in each worker) handles started jobs whose heartbeat expired: run that now,
+    # with the clock moved past the heartbeat TTL, instead of waiting for it.
+    rq(host, "StartedJobRegistry(queue=q).cleanup(timestamp=time.time() + 3600); print('{}')")
+    final = wait_final(host, job_id, 120, want=("finished", "failed"))
+    if final["status"] == "failed":
+        assert final["in_failed"], f"failed job not in FailedJobRegistry: {final}"
+    else:
+        assert final["status"] == "finished", final
+
+
+def test_queued_jobs_survive_a_restart_and_a_crash_of_the_queue_redis(host):
+    # a queue no worker listens on, so the jobs stay queued
+    ids = rq(host, """
+        from rq import Queue
+        tq = Queue("kiln-infra-test", connection=conn)
+        tq.empty()
+        ids = [tq.enqueue("time.sleep", 1, job_id=f"kiln-infra-{i}").id for i in range(3)]
+        print(json.dumps(ids))
+    """)
+    check = """
+        from rq import Queue
+        tq = Queue("kiln-infra-test", connection=conn)
+        print(json.dumps(sorted(tq.get_job_ids())))
+    """
+    try:
+        sh(host, "systemctl restart redis-server@queue")
+        wait_for(lambda: "PONG" in redis_cli(host, "queue", "PING", ok=None).stdout, 30, 1, "queue redis PONG")
+        assert rq(host, check) == sorted(ids), "queued jobs lost over `systemctl restart redis-server@queue`"
+        # crash: no shutdown save; AOF everysec keeps what is older than ~1 s
+        sh(host, "sleep 2; kill -9 $(systemctl show -p MainPID --value redis-server@queue)")
+        wait_for(lambda: "PONG" in redis_cli(host, "queue", "PING", ok=None).stdout, 60, 1,
+                 "queue redis back after kill -9", evidence=lambda: out(host, "systemctl status redis-server@queue "
+                                                                     "--no-pager -n 20 || true"))
+        assert rq(host, check) == sorted(ids), "queued jobs lost over kill -9 of redis-server@queue"
+    finally:
+        rq(host, 'from rq import Queue\nQueue("kiln-infra-test", connection=conn).empty()\nprint("{}")')
+    wait_workers_running(host, 120)
+
+
+def test_full_cache_redis_evicts_while_queue_redis_evicts_nothing(host):
+    cache_before = redis_info(host, "cache", "stats")
+    queue_before = redis_info(host, "queue", "stats")
+    mem = redis_info(host, "cache", "memory")
+    maxmem = int(mem.get("maxmemory", "0"))
+    assert maxmem > 0, f"cache redis has no maxmemory: {mem}"
+    assert mem.get("maxmemory_policy") in ("allkeys-lru", "allkeys-lfu", "volatile-lru"), mem.get("maxmemory_policy")
+    assert redis_info(host, "queue", "memory").get("maxmemory_policy") == "noeviction"
+    # write ~2x maxmemory in 100 KiB values, 5 MiB per call (each call evicts before it runs)
+    fill = ("EVAL \"for i=1,50 do redis.call('SET','kiln-infra-fill:'..ARGV[1]..':'..i, string.rep('x',102400)) end "
+            "return 1\" 0")
+    calls = 2 * maxmem // (50 * 102400) + 1
+    try:
+        for n in range(calls):
+            redis_cli(host, "cache", f"{fill} {n}")
+        cache_after = redis_info(host, "cache", "stats")
+        used = int(redis_info(host, "cache", "memory")["used_memory"])
+        evicted = int(cache_after["evicted_keys"]) - int(cache_before["evicted_keys"])
+        assert evicted > 0, f"cache redis evicted nothing after writing {calls * 5} MiB: {cache_after}"
+        assert used <= maxmem * 1.1, f"cache used_memory {used} > maxmemory {maxmem}"
+    finally:
+        sh(host, "true")
+        h = "REDISCLI_AUTH=\"$(sed -n 's#^CACHE_URL=redis://:\\([^@]*\\)@.*#\\1#p' /etc/kiln/kiln.env)\" "
+        sh(host, f"{h} redis-cli -p 6379 --scan --pattern 'kiln-infra-fill:*' | "
+                 f"{h} xargs -r -n 500 redis-cli -p 6379 DEL >/dev/null", ok=None)
+    queue_after = redis_info(host, "queue", "stats")
+    assert queue_after["evicted_keys"] == queue_before["evicted_keys"] == "0", \
+        f"queue redis evicted keys: before={queue_before['evicted_keys']} after={queue_after['evicted_keys']}"
+    # the app still works with its cache churned
+    r = json.loads(out(host, "curl -s -H 'Host: localhost' http://127.0.0.1/readyz"))
+    assert r["cache"]["ok"] and r["queue"]["ok"], r

@@ -1,0 +1,83 @@
+"""A reboot brings everything back, and data written before it is still there."""
+
+import json
+import os
+import time
+import uuid
+
+import pytest
+
+from kilnlib import (SERVICES, SOCKET, all_running, boot_id, http, supervisor_text, unit_evidence, wait_for,
+                     wait_http_ok, worker_names)
+
+BOOT_TIMEOUT = float(os.environ.get("KILN_BOOT_TIMEOUT", "300"))
+
+
+def _reachable_boot_id(host):
+    res = host.run("cat /proc/sys/kernel/random/boot_id")
+    return res.stdout.strip() if res.rc == 0 else None
+
+
+@pytest.fixture(scope="module")
+def rebooted(host, kiln_vm):
+    title = f"before-reboot-{uuid.uuid4().hex[:8]}"
+    r = http(host, "/api/records/", method="POST", headers={"Content-Type": "application/json"},
+             data_cmd=f"printf '%s' '{json.dumps({'title': title, 'body': 'written before the reboot'})}'")
+    assert r.status == 201, f"could not create the record before rebooting:\n{r}"
+    record = json.loads(r.body)
+    old = boot_id(host)
+    sizes = kiln_vm.serial_size() if kiln_vm else {}
+    host.run("nohup sh -c 'sleep 2; systemctl reboot' >/dev/null 2>&1 &")
+    t0 = time.monotonic()
+    panicked = False
+
+    def back():
+        nonlocal panicked, sizes
+        if kiln_vm and not panicked and (ctx := kiln_vm.panic_since(sizes)):
+            # seen under TCG: report it, power-cycle once
+            panicked = True
+            print(f"KERNEL PANIC during reboot, power-cycling once:\n{ctx}")
+            kiln_vm.force_off()
+            kiln_vm.vagrant("up")
+            kiln_vm.write_ssh_config()
+        new = _reachable_boot_id(host)
+        return new if new and new != old else None
+
+    wait_for(back, BOOT_TIMEOUT, 3, "the host to come back with a new boot_id",
+             evidence=lambda: (kiln_vm.serial_since(sizes)[-2000:] if kiln_vm else "n/a"))
+    print(f"reboot: SSH back after {time.monotonic() - t0:.0f}s")
+    return {"record": record, "t0": t0, "panicked": panicked}
+
+
+@pytest.mark.parametrize("unit", [*SERVICES, "kiln-firstboot"])
+def test_service_is_back_after_reboot(host, rebooted, unit):
+    want = ("active",) if unit != "kiln-firstboot" else ("active", "inactive")
+    wait_for(lambda: host.run(f"systemctl is-active {unit}").stdout.strip() in want, 180, 2,
+             f"{unit} {want} after reboot", evidence=lambda: unit_evidence(host, unit))
+    if unit == "kiln-firstboot":
+        res = host.run("systemctl show -p Result --value kiln-firstboot")
+        assert res.stdout.strip() == "success", unit_evidence(host, unit)
+
+
+def test_programs_are_running_after_reboot(host, rebooted):
+    wait_for(lambda: all_running(host, ["kiln-web", *worker_names(host)]) and len(worker_names(host)) >= 1, 180, 2,
+             "kiln-web and workers RUNNING after reboot", evidence=lambda: supervisor_text(host))
+    assert host.file(SOCKET).is_socket
+
+
+def test_app_serves_after_reboot(host, rebooted):
+    wait_http_ok(host, "/readyz", timeout=180)
+    print(f"reboot: /readyz 200 after {time.monotonic() - rebooted['t0']:.0f}s")
+    assert http(host, "/records/").status == 200
+
+
+def test_record_written_before_reboot_is_still_there(host, rebooted):
+    rec = rebooted["record"]
+    r = http(host, f"/api/records/{rec['id']}/")
+    assert r.status == 200 and json.loads(r.body)["title"] == rec["title"], r
+
+
+def test_reboot_was_clean(host, rebooted):
+    assert not rebooted["panicked"], "the guest kernel panicked during the reboot (recovered by a power cycle)"
+    failed = host.run("systemctl --failed --no-legend --plain").stdout.strip()
+    assert not failed, f"failed units after reboot:\n{failed}"

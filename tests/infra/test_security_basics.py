@@ -1,0 +1,71 @@
+"""Basic exposure checks: SSH auth policy, backends demand credentials, the env file is not world-readable."""
+
+import pytest
+
+from kilnlib import ENV_FILE, env_file, redis_cli, redis_conn, sh
+
+
+def _sshd(host) -> dict[str, str]:
+    text = sh(host, "sshd -T -C user=nobody,host=localhost,addr=127.0.0.1 2>/dev/null || sshd -T").stdout
+    return {ln.split(None, 1)[0].lower(): ln.split(None, 1)[1].strip() for ln in text.splitlines() if " " in ln}
+
+
+def test_ssh_refuses_password_authentication(host):
+    cfg = _sshd(host)
+    assert cfg.get("passwordauthentication") == "no", f"sshd -T: passwordauthentication={cfg.get('passwordauthentication')}"
+    assert cfg.get("kbdinteractiveauthentication", "no") == "no", cfg.get("kbdinteractiveauthentication")
+
+
+def test_ssh_refuses_root_login(host):
+    cfg = _sshd(host)
+    assert cfg.get("permitrootlogin") == "no", f"sshd -T: permitrootlogin={cfg.get('permitrootlogin')}"
+
+
+def test_ssh_server_offers_no_password_method(host):
+    # What a client is actually offered (the effective config could be overridden by a Match block).
+    res = host.run("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                   "-o PreferredAuthentications=password,keyboard-interactive -o ConnectTimeout=10 "
+                   "nobody@127.0.0.1 true 2>&1")
+    assert res.rc != 0, res.stdout
+    assert "Permission denied" in res.stdout, res.stdout
+    methods = res.stdout.rsplit("(", 1)[-1]
+    assert "password" not in methods and "keyboard-interactive" not in methods, res.stdout
+
+
+def test_database_refuses_a_client_without_password(host):
+    # As an unprivileged OS user (root has unix_socket auth by design) and over TCP.
+    for cmd in ("runuser -u nobody -- mariadb -u kiln -e 'SELECT 1'",
+                "runuser -u nobody -- mariadb -u kiln -h 127.0.0.1 --protocol=TCP -e 'SELECT 1'",
+                "runuser -u nobody -- mariadb -u root -h 127.0.0.1 --protocol=TCP -e 'SELECT 1'"):
+        res = host.run(cmd)
+        assert res.rc != 0 and "Access denied" in (res.stderr + res.stdout), f"{cmd}: rc={res.rc} {res.stderr}"
+
+
+def test_database_accepts_the_app_credentials(host):
+    url = env_file(host)["DATABASE_URL"]
+    pw = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    res = sh(host, f"MYSQL_PWD='{pw}' runuser -u nobody --preserve-environment -- mariadb -u kiln -N -e 'SELECT 1'")
+    assert res.stdout.strip() == "1", res
+
+
+@pytest.mark.parametrize("which", ["cache", "queue"])
+def test_redis_refuses_a_client_without_password(host, which):
+    res = redis_cli(host, which, "PING", auth=False, ok=None)
+    text = res.stdout + res.stderr
+    assert "NOAUTH" in text or "Authentication required" in text, f"redis {which} without password: {text!r}"
+    res = redis_cli(host, which, "PING")
+    assert "PONG" in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("which", ["cache", "queue"])
+def test_redis_rejects_a_wrong_password(host, which):
+    h, p, _ = redis_conn(host, which)
+    res = host.run(f"REDISCLI_AUTH=wrong-password redis-cli -h {h} -p {p} PING 2>&1")
+    assert "PONG" not in res.stdout, res.stdout
+
+
+def test_env_file_is_0640_root_kiln(host):
+    f = host.file(ENV_FILE)
+    assert (f.user, f.group, f.mode) == ("root", "kiln", 0o640), f"{ENV_FILE}: {f.user}:{f.group} {oct(f.mode)}"
+    res = host.run(f"runuser -u nobody -- cat {ENV_FILE}")
+    assert res.rc != 0, "an unprivileged user can read the env file"

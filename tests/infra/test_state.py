@@ -1,0 +1,117 @@
+"""A freshly booted Kiln server: packages, services, supervisor programs, sockets, file modes, users."""
+
+import re
+
+import pytest
+
+from kilnlib import SERVICES, SOCKET, out, supervisor_text, unit_evidence, wait_for, worker_names
+
+PACKAGES = ["nginx", "mariadb-server", "redis-server", "supervisor", "python3-venv", "openssl", "curl"]
+
+
+@pytest.mark.parametrize("pkg", PACKAGES)
+def test_package_is_installed(host, pkg):
+    assert host.package(pkg).is_installed, host.run(f"dpkg -l {pkg} 2>&1").stdout
+
+
+@pytest.mark.parametrize("unit", SERVICES)
+def test_service_is_enabled_and_running(host, unit):
+    # first boot (kiln-firstboot) may still be finishing right after `vagrant up`
+    wait_for(lambda: host.run(f"systemctl is-active {unit}").stdout.strip() == "active", 120, 2,
+             f"{unit} active", evidence=lambda: unit_evidence(host, unit))
+    enabled = host.run(f"systemctl is-enabled {unit}").stdout.strip()
+    assert enabled in ("enabled", "enabled-runtime", "alias"), f"{unit} is-enabled={enabled}\n{unit_evidence(host, unit)}"
+
+
+def test_firstboot_has_completed(host):
+    res = host.run("systemctl show -p ActiveState,Result,ExecMainStatus kiln-firstboot.service")
+    assert "Result=success" in res.stdout, res.stdout + unit_evidence(host, "kiln-firstboot")
+    assert host.file("/var/lib/kiln/firstboot.done").exists
+
+
+def test_supervisor_programs_are_running(host):
+    def running():
+        st = host.run("supervisorctl status").stdout
+        names = [ln.split()[0] for ln in st.splitlines() if ln.strip()]
+        return (st if "kiln-web" in names and any(n.startswith("kiln-worker") for n in names)
+                and all(" RUNNING " in ln for ln in st.splitlines() if ln.strip()) else None)
+
+    wait_for(running, 90, 2, "kiln-web and every kiln-worker RUNNING", evidence=lambda: supervisor_text(host))
+    assert len(worker_names(host)) >= 1, supervisor_text(host)
+
+
+def _listeners(host):
+    return host.run("ss -Hltnp").stdout
+
+
+@pytest.mark.parametrize("port", [80, 443])
+def test_nginx_listens_on_all_addresses(host, port):
+    ss = _listeners(host)
+    addrs = {ln.split()[3].rsplit(":", 1)[0] for ln in ss.splitlines() if ln.split()[3].endswith(f":{port}")}
+    assert addrs & {"0.0.0.0", "*"}, f"port {port} IPv4 wildcard missing; listeners: {addrs}\n{ss}"
+    assert all("nginx" in ln for ln in ss.splitlines() if ln.split()[3].endswith(f":{port}")), ss
+
+
+@pytest.mark.parametrize("port,name", [(3306, "mariadb"), (6379, "redis-server"), (6380, "redis-server")])
+def test_backend_listens_on_loopback_only(host, port, name):
+    ss = _listeners(host)
+    lines = [ln for ln in ss.splitlines() if ln.split()[3].rsplit(":", 1)[-1] == str(port)]
+    addrs = {ln.split()[3].rsplit(":", 1)[0] for ln in lines}
+    if port == 3306 and not lines:
+        return  # skip-networking: socket only, even better
+    assert lines, f"nothing listens on {port}\n{ss}"
+    assert addrs <= {"127.0.0.1", "[::1]"}, f"port {port} listens beyond loopback: {addrs}\n{ss}"
+    assert all(name in ln or "mysqld" in ln for ln in lines), "\n".join(lines)
+
+
+def test_gunicorn_listens_on_its_unix_socket(host):
+    sock = host.file(SOCKET)
+    assert sock.exists and sock.is_socket, host.run(f"ls -la /run/kiln/ 2>&1").stdout
+    ss = host.run(f"ss -Hlxp src {SOCKET}").stdout
+    assert "gunicorn" in ss or "python" in ss, f"no gunicorn on {SOCKET}: {ss!r}"
+
+
+@pytest.mark.parametrize("path,owner,group,mode", [
+    ("/etc/kiln/kiln.env", "root", "kiln", 0o640),
+    ("/etc/kiln/secrets.env", "root", "root", 0o600),
+    ("/etc/kiln", "root", "kiln", 0o750),
+    ("/etc/kiln/release", "root", "root", 0o644),
+    ("/etc/nginx/sites-available/kiln", "root", "root", 0o644),
+    ("/etc/supervisor/conf.d/kiln.conf", "root", "root", 0o644),
+    ("/etc/redis/redis-cache.conf", None, None, None),
+    ("/etc/redis/redis-queue.conf", None, None, None),
+    ("/etc/redis/kiln-cache.auth.conf", "redis", "redis", 0o640),
+    ("/etc/redis/kiln-queue.auth.conf", "redis", "redis", 0o640),
+])
+def test_config_file_owner_and_mode(host, path, owner, group, mode):
+    f = host.file(path)
+    assert f.exists, f"{path} missing"
+    seen = f"{path}: {f.user}:{f.group} {oct(f.mode)}"
+    if owner:
+        assert (f.user, f.group) == (owner, group), seen
+    if mode is not None:
+        assert f.mode == mode, seen
+    assert not f.mode & 0o002, f"world-writable: {seen}"
+
+
+def test_redis_configs_are_not_world_readable_with_passwords(host):
+    for which in ("cache", "queue"):
+        f = host.file(f"/etc/redis/kiln-{which}.auth.conf")
+        assert not f.mode & 0o004, f"{f.path} world-readable {oct(f.mode)}"
+
+
+def test_app_processes_do_not_run_as_root(host):
+    ps = host.run("ps -eo user:20,pid,ppid,args").stdout
+    app = [ln for ln in ps.splitlines() if re.search(r"gunicorn|rqworker|manage\.py", ln) and "ps -eo" not in ln]
+    assert app, f"no app processes found:\n{ps}"
+    root = [ln for ln in app if ln.split()[0] == "root"]
+    assert not root, "app processes running as root:\n" + "\n".join(root)
+    assert all(ln.split()[0] == "kiln" for ln in app), "\n".join(app)
+
+
+def test_release_symlink_and_stamp(host):
+    cur = host.file("/srv/kiln/current")
+    assert cur.is_symlink and cur.linked_to.startswith("/srv/kiln/releases/"), out(host, "ls -la /srv/kiln/")
+    stamp = out(host, "cat /etc/kiln/release")
+    for key in ("KILN_VERSION", "KILN_COMMIT", "KILN_BUILD_DATE", "KILN_DISTRO"):
+        assert f"{key}=" in stamp, stamp

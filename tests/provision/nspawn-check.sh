@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# Fast provisioner test tier (no VM): Debian 13 rootfs (mmdebstrap, cached) -> provision/install.sh inside it ->
+# boot it with systemd-nspawn -> check first boot, services, nginx/HTTPS, app, worker -> second install.sh run must
+# change nothing -> reboot -> provision/cleanup.sh -> boot again = fresh first boot.
+# Usage: tests/provision/nspawn-check.sh        (root; exit 0 = all checks passed)
+#   KILN_NSPAWN_KEEP=1       keep the container rootfs afterwards (path printed)
+#   KILN_NSPAWN_INSTALL=booted   run the first install.sh in the booted container (like Packer/Vagrant) instead of
+#                                offline (default: offline, i.e. no systemd running, services start at first boot)
+#   KILN_NSPAWN_QUICK=1      skip the reboot and cleanup/fresh-boot phases
+# The container shares the host network: it binds 80, 443, 3306, 6379, 6380 on the host while it runs.
+# shellcheck disable=SC2016  # many single-quoted snippets run inside the container on purpose
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CACHE=/var/tmp/kiln-rootfs-cache
+SUITE=trixie
+MIRROR=http://deb.debian.org/debian
+BASE_PKGS=systemd-sysv,dbus,openssh-server,ca-certificates,iproute2,procps,less,curl
+WORK=$(mktemp -d /var/tmp/kiln-nspawn.XXXXXX)
+ROOT=$WORK/root
+MODE=${KILN_NSPAWN_INSTALL:-offline}
+NSPAWN_PID=""
+FAILS=0
+T_START=$(date +%s)
+
+say()  { printf '\n==> %s  [%s, +%ss]\n' "$*" "$(date -u +%T)" "$(( $(date +%s) - T_START ))"; }
+ok()   { printf '  ok    %s\n' "$*"; }
+bad()  { printf '  FAIL  %s\n' "$*"; FAILS=$((FAILS + 1)); }
+fatal(){ printf '\nFATAL: %s\n' "$*" >&2; exit 1; }
+check(){ local d=$1; shift; if "$@" >/dev/null 2>&1; then ok "$d"; else bad "$d"; fi; }
+
+stop_container() {
+  [ -n "$NSPAWN_PID" ] || return 0
+  if kill -0 "$NSPAWN_PID" 2>/dev/null; then
+    kill -TERM "$NSPAWN_PID" 2>/dev/null || true     # nspawn asks the container's systemd for a clean poweroff
+    for _ in $(seq 60); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 1; done
+    kill -0 "$NSPAWN_PID" 2>/dev/null && kill -KILL "$NSPAWN_PID" 2>/dev/null
+    wait "$NSPAWN_PID" 2>/dev/null || true
+  fi
+  NSPAWN_PID=""
+}
+finish() {
+  local rc=$?
+  stop_container
+  if [ "${KILN_NSPAWN_KEEP:-0}" = 1 ]; then echo "kept: $ROOT (console logs in $WORK)"; else rm -rf "$WORK"; fi
+  exit "$rc"
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+[ "$(id -u)" -eq 0 ] || fatal "run as root"
+[ -f "$REPO/app/requirements.txt" ] || fatal "app/requirements.txt missing (the app is required)"
+"$REPO/tools/apt-ensure.sh" mmdebstrap systemd-container curl openssl
+
+# ---------------------------------------------------------------- rootfs (cached tarball, keyed by its inputs)
+say "rootfs: Debian $SUITE (cache $CACHE)"
+mkdir -p "$CACHE/apt-archives"
+key=$(printf '%s %s %s v1' "$SUITE" "$MIRROR" "$BASE_PKGS" | sha256sum | cut -c1-12)
+tarball=$CACHE/$SUITE-base-$key.tar
+if [ ! -s "$tarball" ]; then
+  t0=$(date +%s)
+  mmdebstrap --variant=minbase --include="$BASE_PKGS" --components=main "$SUITE" "$CACHE/.partial-$key.tar" \
+    "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" "deb http://deb.debian.org/debian-security $SUITE-security main" \
+    >"$WORK/mmdebstrap.log" 2>&1 || { tail -20 "$WORK/mmdebstrap.log"; fatal "mmdebstrap failed"; }
+  mv "$CACHE/.partial-$key.tar" "$tarball"
+  echo "  built $tarball in $(( $(date +%s) - t0 ))s"
+fi
+mkdir -p "$ROOT"
+tar -C "$ROOT" -xf "$tarball"
+# Test-only tweaks (drop-ins, so install.sh sees normal enable states): the container shares the host network, so
+# no sshd on the host's port 22, and ufw (steps/80-firewall.sh) must never touch the host's netfilter rules (nspawn
+# gives no CAP_NET_ADMIN without a private network, so it would only fail).
+for unit in ssh.service ssh.socket ufw.service; do
+  install -d "$ROOT/etc/systemd/system/$unit.d"
+  printf '[Unit]\nConditionVirtualization=!container\n' >"$ROOT/etc/systemd/system/$unit.d/nspawn-test.conf"
+done
+# What Packer uploads: provision/ and app/ side by side; the build CA as a build input.
+install -d "$ROOT/opt/kiln-src/build-ca"
+cp -a "$REPO/provision" "$REPO/app" "$ROOT/opt/kiln-src/"
+find "$ROOT/opt/kiln-src/app" \( -name __pycache__ -o -name .venv -o -name staticfiles -o -name media \) -prune -exec rm -rf {} +
+cp /usr/local/share/ca-certificates/*.crt "$ROOT/opt/kiln-src/build-ca/" 2>/dev/null || true
+VERSION=nspawn-$(date -u +%Y%m%d%H%M%S)
+COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo uncommitted)
+ENV_ARGS=(--setenv=KILN_VERSION="$VERSION" --setenv=KILN_COMMIT="$COMMIT" --setenv=KILN_BUILD_CA_DIR=/opt/kiln-src/build-ca)
+BIND=(--bind="$CACHE/apt-archives:/var/cache/apt/archives")   # apt .deb cache shared across runs
+
+# ---------------------------------------------------------------- container helpers
+boot() { # boot LOGNAME
+  systemd-nspawn -q -D "$ROOT" -b --register=no --keep-unit --resolv-conf=copy-host "${BIND[@]}" \
+    >"$WORK/console-$1.log" 2>&1 </dev/null &
+  NSPAWN_PID=$!
+  INIT=""
+  for _ in $(seq 60); do
+    INIT=$(pgrep -x -P "$NSPAWN_PID" systemd || true)   # the container's PID 1 is nspawn's child
+    [ -n "$INIT" ] && break
+    kill -0 "$NSPAWN_PID" 2>/dev/null || { tail -20 "$WORK/console-$1.log"; fatal "container exited during boot"; }
+    sleep 0.5
+  done
+  [ -n "$INIT" ] || fatal "container init not found"
+  export INIT
+  local state
+  for _ in $(seq 240); do  # until systemd inside answers and has finished starting up
+    state=$(nsenter -t "$INIT" -a -- systemctl is-system-running 2>/dev/null || true)
+    case $state in running|degraded|maintenance|stopping) break ;; esac
+    sleep 1
+  done
+  echo "  booted (init pid $INIT): system $state"
+  if [ "$state" != running ]; then
+    cx systemctl --failed --no-legend --plain | sed 's/^/  failed unit: /'
+  fi
+}
+cx() { # run a command inside the booted container, with a clean environment
+  nsenter -t "$INIT" -a -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"
+}
+export -f cx
+http_code() { curl -sk -o /dev/null -w '%{http_code}' --max-time 10 "$@" || true; }
+wait_for() { # wait_for SECONDS DESCRIPTION CMD...
+  local n=$1 d=$2; shift 2
+  for _ in $(seq "$n"); do "$@" >/dev/null 2>&1 && { ok "$d"; return 0; }; sleep 1; done
+  bad "$d (after ${n}s)"; return 1
+}
+readyz_200() { [ "$(http_code http://127.0.0.1/readyz)" = 200 ]; }
+
+snapshot() { # state that a no-op provisioning run must not change
+  cx bash -c 'cd /etc && find . -xdev -type f ! -name "*.pid" -print0 | LC_ALL=C sort -z | xargs -0 sha256sum;
+              find /etc /srv/kiln /usr/local -xdev \( -type l -o -type d \) -printf "%p %l %m %u:%g\n" | LC_ALL=C sort;
+              find /srv/kiln /usr/local -xdev -type f -printf "%p %s %T@\n" | LC_ALL=C sort;
+              dpkg-query -W -f="\${Package} \${Version} \${Status}\n";
+              /srv/kiln/current/venv/bin/python -m pip freeze --all 2>/dev/null;
+              for u in mariadb redis-server@cache redis-server@queue nginx supervisor; do
+                echo "$u $(systemctl show -p MainPID -p ActiveEnterTimestampMonotonic --value $u | xargs)"; done;
+              supervisorctl pid kiln-web'
+}
+
+service_checks() { # service_checks PHASE
+  local u
+  for u in kiln-firstboot mariadb redis-server@cache redis-server@queue nginx supervisor; do
+    check "$1: $u.service active" cx systemctl is-active -q "$u.service"
+  done
+  check "$1: stock redis-server.service masked" test "$(cx systemctl is-enabled redis-server.service 2>/dev/null)" = masked
+  check "$1: first-boot marker = machine-id" cx bash -c '[ -s /etc/machine-id ] && cmp -s /etc/machine-id /var/lib/kiln/firstboot.done'
+  wait_for 60 "$1: supervisor: kiln-web + 2 kiln-worker RUNNING" \
+    bash -c "[ \$(nsenter -t $INIT -a -- supervisorctl status | grep -c RUNNING) -eq 3 ]"
+  wait_for 60 "$1: GET http://127.0.0.1/readyz -> 200 (nginx -> gunicorn -> DB, cache, queue)" readyz_200
+  check "$1: GET https://127.0.0.1/readyz -> 200 (self-signed, -k)" test "$(http_code https://127.0.0.1/readyz)" = 200
+}
+
+# ---------------------------------------------------------------- 1. install
+if [ "$MODE" = booted ]; then
+  say "boot the bare rootfs, then install.sh inside the running system (as Packer/Vagrant do)"
+  boot bare
+  t0=$(date +%s)
+  nsenter -t "$INIT" -a -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 KILN_VERSION="$VERSION" \
+    KILN_COMMIT="$COMMIT" KILN_BUILD_CA_DIR=/opt/kiln-src/build-ca /opt/kiln-src/provision/install.sh \
+    2>&1 | tee "$WORK/install-1.log" | sed -u 's/^/  | /'
+  [ "${PIPESTATUS[0]}" -eq 0 ] || fatal "install.sh failed"
+  INSTALL_SECS=$(( $(date +%s) - t0 ))
+  stop_container
+else
+  say "install.sh in the rootfs, offline (systemd-nspawn without boot: nothing runs, services start at first boot)"
+  t0=$(date +%s)
+  systemd-nspawn -q -D "$ROOT" --register=no --keep-unit --resolv-conf=copy-host "${BIND[@]}" "${ENV_ARGS[@]}" \
+    /opt/kiln-src/provision/install.sh 2>&1 </dev/null | tee "$WORK/install-1.log" | sed -u 's/^/  | /'
+  [ "${PIPESTATUS[0]}" -eq 0 ] || fatal "install.sh failed"
+  INSTALL_SECS=$(( $(date +%s) - t0 ))
+fi
+echo "  install.sh took ${INSTALL_SECS}s"
+
+# ---------------------------------------------------------------- 2. first boot
+say "boot: first boot of this instance"
+t0=$(date +%s)
+boot first
+service_checks "first boot"
+FIRSTBOOT_SECS=$(( $(date +%s) - t0 ))
+echo "  first boot to ready: ${FIRSTBOOT_SECS}s"
+
+say "image contents"
+check "no compiler left (gcc, cc absent; build-essential not installed)" \
+  cx bash -c '! command -v gcc && ! command -v cc && ! dpkg -s build-essential python3-dev default-libmysqlclient-dev 2>/dev/null | grep -q "ok installed"'
+check "runtime lib libmariadb3 kept" cx dpkg -s libmariadb3
+check "mysqlclient importable in the release venv" cx /srv/kiln/current/venv/bin/python -c 'import MySQLdb'
+check "/srv/kiln/current -> releases/$VERSION" test "$(cx readlink /srv/kiln/current)" = "releases/$VERSION"
+check "/etc/kiln/kiln.env is 0640 root:kiln" test "$(cx stat -c '%a %U:%G' /etc/kiln/kiln.env)" = "640 root:kiln"
+check "/etc/kiln/release has version/commit/date/distro" cx bash -c \
+  "grep -qx 'KILN_VERSION=$VERSION' /etc/kiln/release && grep -qx 'KILN_COMMIT=$COMMIT' /etc/kiln/release && grep -q '^KILN_BUILD_DATE=20' /etc/kiln/release && grep -qx KILN_DISTRO=debian-13 /etc/kiln/release"
+check "redis auth files 0640 redis:redis" test "$(cx stat -c '%a %U:%G' /etc/redis/kiln-cache.auth.conf /etc/redis/kiln-queue.auth.conf | sort -u)" = "640 redis:redis"
+check "gunicorn workers = 2*CPU+1" test "$(cx pgrep -c -f 'gunicorn kiln.wsgi')" -eq $(( 2 * $(cx nproc) + 2 ))
+
+say "database, redis"
+check "MariaDB: flush_log_at_trx_commit=1, local_infile=0, bind 127.0.0.1" test \
+  "$(cx mariadb -N -e 'select @@innodb_flush_log_at_trx_commit, @@local_infile, @@bind_address' | xargs)" = "1 0 127.0.0.1"
+check "MariaDB: app user kiln@localhost exists, has no global privileges" cx bash -c \
+  "mariadb -N -e \"show grants for 'kiln'@'localhost'\" | grep -q 'ON \`kiln\`.\*' && ! mariadb -N -e \"show grants for 'kiln'@'localhost'\" | grep -q 'ON \*\.\*.*\(ALL\|SUPER\|FILE\)'"
+check "MariaDB listens on loopback only" bash -c "! ss -ltnH | awk '{print \$4}' | grep ':3306\$' | grep -v '^127.0.0.1:'"
+check "redis cache (6379) refuses unauthenticated commands" bash -c "cx redis-cli -p 6379 ping 2>&1 | grep -q NOAUTH"
+rcli() { # rcli NAME PORT ARGS...: redis-cli against instance NAME with its password
+  local n=$1 p=$2; shift 2
+  cx bash -c "REDISCLI_AUTH=\$(awk '{print \$2}' /etc/redis/kiln-$n.auth.conf) exec redis-cli -p $p $*"
+}
+rinfo() { rcli "$1" "$2" info | tr -d '\r' | sed -n "s/^$3://p"; }   # CONFIG is disabled by the hardening include
+check "redis cache: allkeys-lru, maxmemory 64mb, no AOF, no RDB saves" test \
+  "$(rinfo cache 6379 maxmemory_policy) $(rinfo cache 6379 maxmemory) $(rinfo cache 6379 aof_enabled) $(cx grep -c '^save ""$' /etc/redis/redis-cache.conf)" = "allkeys-lru 67108864 0 1"
+check "redis queue (6380): noeviction, AOF on, appendfsync everysec" test \
+  "$(rinfo queue 6380 maxmemory_policy) $(rinfo queue 6380 aof_enabled) $(cx grep -c '^appendfsync everysec$' /etc/redis/redis-queue.conf)" = "noeviction 1 1"
+out=$(rcli cache 6379 config get maxmemory 2>&1 || true)
+check "redis: CONFIG command disabled (hardening include active)" grep -qi 'unknown command' <<<"$out"
+
+say "nginx"
+check "HTTP / -> 301 to https" bash -c "curl -sI --max-time 10 http://127.0.0.1/records/ | grep -qi '^location: https://127.0.0.1/records/'"
+check "HTTP /healthz -> 200 over plain HTTP" test "$(http_code http://127.0.0.1/healthz)" = 200
+check "HTTPS /records/ -> 200" test "$(http_code https://127.0.0.1/records/)" = 200
+hdrs=$(curl -sk -D - -o /dev/null --max-time 10 https://127.0.0.1/records/ | tr -d '\r')
+for h in 'strict-transport-security: max-age=' 'x-content-type-options: nosniff' 'x-frame-options: DENY' 'referrer-policy: ' 'server: nginx$'; do
+  check "HTTPS header: $h" grep -qi "^$h" <<<"$hdrs"
+done
+check "headers sent once (no duplicate X-Frame-Options)" test "$(grep -ci '^x-frame-options' <<<"$hdrs")" = 1
+check "TLS 1.3 works" curl -sk --tlsv1.3 -o /dev/null --max-time 10 https://127.0.0.1/healthz
+check "TLS 1.1 refused" bash -c "! curl -sk --tlsv1.1 --tls-max 1.1 -o /dev/null --max-time 10 https://127.0.0.1/healthz"
+check "/static/ served by nginx with cache headers" bash -c \
+  "curl -sk -D - -o /dev/null https://127.0.0.1/static/admin/css/base.css | tr -d '\r' | grep -qi '^cache-control: max-age='"
+check "gzip on for CSS" bash -c "curl -sk -H 'Accept-Encoding: gzip' -D - -o /dev/null https://127.0.0.1/static/admin/css/base.css | grep -qi '^content-encoding: gzip'"
+check "upload over 10m -> 413 from nginx" test "$(head -c 11000000 /dev/zero | curl -sk -o /dev/null -w '%{http_code}' -X POST --data-binary @- https://127.0.0.1/api/records/)" = 413
+job=$(curl -sk --max-time 10 -X POST -H 'Content-Type: application/json' -d '{"email": "ops@example.com"}' https://127.0.0.1/api/exports/ || true)
+job_id=$(sed -n 's/.*"job_id": *"\([^"]*\)".*/\1/p' <<<"$job")
+if [ -n "$job_id" ]; then
+  wait_for 60 "rq worker finishes an export job ($job_id)" bash -c \
+    "curl -sk https://127.0.0.1/api/exports/$job_id/ | grep -q '\"status\": \"finished\"'"
+  url=$(curl -sk "https://127.0.0.1/api/exports/$job_id/" | sed -n 's/.*"result_url": *"\([^"]*\)".*/\1/p')
+  url=/${url#http*://*/}
+  check "export CSV served by nginx from /media/ ($url)" test "$(http_code "https://127.0.0.1$url")" = 200
+else
+  bad "POST /api/exports/ returned no job id: ${job:0:200}"
+fi
+cx supervisorctl stop kiln-web >/dev/null
+check "app down -> nginx's own 502 page" bash -c "[ \$(curl -sk -o $WORK/502.html -w '%{http_code}' https://127.0.0.1/records/) = 502 ] && grep -q kiln-50x $WORK/502.html"
+cx supervisorctl start kiln-web >/dev/null
+wait_for 30 "app back after start" readyz_200
+
+# ---------------------------------------------------------------- 3. idempotency
+say "second install.sh run (booted) must change nothing"
+sleep 2
+snapshot >"$WORK/snap-1.txt"
+t0=$(date +%s)
+cx env KILN_VERSION="$VERSION" KILN_COMMIT="$COMMIT" KILN_BUILD_CA_DIR=/opt/kiln-src/build-ca \
+  /opt/kiln-src/provision/install.sh >"$WORK/install-2.log" 2>&1 || { sed 's/^/  | /' "$WORK/install-2.log"; fatal "second install.sh failed"; }
+SECOND_SECS=$(( $(date +%s) - t0 ))
+snapshot >"$WORK/snap-2.txt"
+tail -1 "$WORK/install-2.log" | sed -u 's/^/  | /'
+check "second run reports 0 changes (${SECOND_SECS}s)" grep -q ': 0 change(s)' "$WORK/install-2.log"
+if diff -u "$WORK/snap-1.txt" "$WORK/snap-2.txt" >"$WORK/snap.diff"; then
+  ok "checksums of /etc, /srv/kiln, /usr/local, dpkg list, pip freeze, service PIDs unchanged"
+else
+  bad "state changed by the second run:"; head -40 "$WORK/snap.diff" | sed 's/^/      /'
+fi
+
+if [ "${KILN_NSPAWN_QUICK:-0}" != 1 ]; then
+  # -------------------------------------------------------------- 4. reboot (Packer: install, reboot, check)
+  say "reboot: services come back, first boot does not run again"
+  mid=$(cx cat /etc/machine-id)
+  stop_container
+  boot second
+  service_checks "reboot"
+  check "same machine-id, first boot skipped" bash -c "cx journalctl -b -u kiln-firstboot --no-pager | grep -q 'already done for this instance'"
+  test "$(cx cat /etc/machine-id)" = "$mid" || bad "machine-id changed across reboot"
+
+  # -------------------------------------------------------------- 5. cleanup.sh, then a fresh first boot
+  say "provision/cleanup.sh (as before a snapshot), then boot = a new instance"
+  old_secret=$(cx grep '^SECRET_KEY=' /etc/kiln/kiln.env)
+  cx env KILN_CLEANUP_CONFIRM=yes /opt/kiln-src/provision/cleanup.sh >"$WORK/cleanup.log" 2>&1 \
+    || { sed 's/^/  | /' "$WORK/cleanup.log"; fatal "cleanup.sh failed"; }
+  tail -1 "$WORK/cleanup.log" | sed -u 's/^/  | /'
+  check "cleanup: machine-id empty, no SSH host keys, no secrets/env/marker" cx bash -c \
+    '[ ! -s /etc/machine-id ] && ! ls /etc/ssh/ssh_host_* && [ ! -e /etc/kiln/kiln.env ] && [ ! -e /etc/kiln/secrets.env ] && [ ! -e /var/lib/kiln/firstboot.done ]'
+  left=$(cx bash -c 'ls -A /usr/local/share/ca-certificates /var/lib/apt/lists | grep -v -e "^/" -e "^$";
+                     find /var/log -type f -size +0 ! -path "/var/log/journal/*"')
+  check "cleanup: no build CA, no apt lists, logs (outside the live journal) empty" test -z "$left"
+  [ -z "$left" ] || echo "      left over: ${left//$'\n'/ }"
+  check "cleanup: database kiln dropped" bash -c "! cx test -d /var/lib/mysql/kiln"
+  stop_container
+  boot fresh
+  service_checks "fresh instance"
+  check "fresh instance: new SECRET_KEY, SSH host keys regenerated" cx bash -c \
+    "! grep -qx '$old_secret' /etc/kiln/kiln.env && ls /etc/ssh/ssh_host_ed25519_key"
+fi
+
+say "summary"
+echo "  install.sh (first run, $MODE): ${INSTALL_SECS}s; first boot to ready: ${FIRSTBOOT_SECS}s; second run: ${SECOND_SECS}s"
+if [ "$FAILS" -gt 0 ]; then echo "  $FAILS check(s) FAILED"; exit 1; fi
+echo "  all checks passed in $(( $(date +%s) - T_START ))s"

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Prepare a Debian/Ubuntu build host for `vagrant up` with the libvirt provider. Idempotent: a warm host pays ~1 s.
+#   - installs vagrant, vagrant-libvirt, libvirt, QEMU, dnsmasq, rsync (only the missing packages)
+#   - makes /dev/kvm usable by libvirt's qemu user the way udev would (root:kvm 0660) when udev is absent
+#   - starts virtlogd/libvirtd by hand when no init system does (PID 1 is not systemd on CI hosts)
+#   - defines, starts and autostarts libvirt's `default` NAT network
+#   - prints the libvirt driver to use (kvm when a probe boot works, else qemu/TCG): tests/vagrant/detect-driver.sh
+# Usage: sudo tests/vagrant/host-setup.sh            (root)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+log() { printf 'host-setup: %s\n' "$*" >&2; }
+[ "$(id -u)" -eq 0 ] || { log "run as root"; exit 1; }
+
+packages=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
+          dnsmasq-base ebtables iptables rsync openssh-client ovmf)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  policy_added=0
+  # Without systemd as PID 1, postinst scripts must not try to start daemons: we start them below.
+  if [ ! -d /run/systemd/system ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_added=1
+  fi
+  trap '[ "$policy_added" -eq 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# /dev/kvm: without udev it stays 0600 root:root, libvirt then re-probes QEMU on every call (~30 s per define).
+if [ -c /dev/kvm ]; then
+  getent group kvm >/dev/null || groupadd --system kvm
+  if [ "$(stat -c '%G:%a' /dev/kvm)" != "kvm:660" ]; then
+    chown root:kvm /dev/kvm && chmod 0660 /dev/kvm && log "/dev/kvm -> root:kvm 0660"
+  fi
+fi
+
+# Daemons: use systemd when it runs, otherwise start them by hand.
+if [ -d /run/systemd/system ]; then
+  systemctl start virtlogd.socket libvirtd.service >/dev/null 2>&1 || systemctl start virtlogd libvirtd
+else
+  mkdir -p /run/libvirt
+  pgrep -x virtlogd >/dev/null || { virtlogd -d && log "started virtlogd"; }
+  if ! pgrep -x libvirtd >/dev/null; then
+    libvirtd -d && log "started libvirtd"
+  fi
+fi
+for _ in $(seq 1 30); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 1; done
+virsh -c qemu:///system version >/dev/null || { log "libvirtd does not answer on qemu:///system"; exit 1; }
+
+# The default NAT network (vagrant-libvirt's management network is separate, it creates that itself).
+if ! virsh -c qemu:///system net-info default >/dev/null 2>&1; then
+  for xml in /usr/share/libvirt/networks/default.xml /etc/libvirt/qemu/networks/default.xml; do
+    [ -f "$xml" ] && { virsh -c qemu:///system net-define "$xml" >/dev/null; break; }
+  done
+fi
+if ! [[ $(virsh -c qemu:///system net-info default 2>/dev/null) =~ Active:[[:space:]]+yes ]]; then
+  virsh -c qemu:///system net-start default >/dev/null && log "started network default"
+fi
+virsh -c qemu:///system net-autostart default >/dev/null 2>&1 || true
+
+# Storage pool `default` (vagrant-libvirt uploads boxes there).
+if ! virsh -c qemu:///system pool-info default >/dev/null 2>&1; then
+  mkdir -p /var/lib/libvirt/images
+  virsh -c qemu:///system pool-define-as default dir --target /var/lib/libvirt/images >/dev/null
+fi
+if ! [[ $(virsh -c qemu:///system pool-info default 2>/dev/null) =~ State:[[:space:]]+running ]]; then
+  virsh -c qemu:///system pool-start default >/dev/null && log "started pool default"
+fi
+virsh -c qemu:///system pool-autostart default >/dev/null 2>&1 || true
+
+log "vagrant $(vagrant --version 2>/dev/null | awk '{print $2}'), libvirt $(virsh -c qemu:///system version --daemon 2>/dev/null | awk '/daemon/{print $NF}')"
+log "libvirt driver: $("$here/detect-driver.sh")"

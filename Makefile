@@ -15,7 +15,7 @@ HOST_PACKAGES := mariadb-server redis-server shellcheck default-libmysqlclient-d
                  python3-venv python3-dev
 
 # Each stage prints a timestamped start and its duration, so a slow step is visible in CI logs.
-stage = @printf '\n==> %s  [%s]\n' '$(1)' "$$(date -u +%T)"; t0=$$(date +%s); $(2); printf '<== %s done in %ss\n' '$(1)' "$$(( $$(date +%s) - t0 ))"
+stage = @printf '\n==> %s  [%s]\n' '$(1)' "$$(date -u +%T)"; t0=$$(date +%s); { $(2); } || { printf '<== %s FAILED after %ss\n' '$(1)' "$$(( $$(date +%s) - t0 ))"; exit 1; }; printf '<== %s done in %ss\n' '$(1)' "$$(( $$(date +%s) - t0 ))"
 
 .PHONY: help
 help: ## List the targets

@@ -26,8 +26,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SSH_CONFIG = ROOT / ".vagrant" / "kiln-ssh-config"
 VAGRANT_LOG = ROOT / ".vagrant" / "kiln-vagrant.log"
-ORDER = ["test_state", "test_http", "test_security_basics", "test_jobs", "test_restart", "test_reboot",
-         "test_idempotence"]
+ORDER = [
+    "test_state",
+    "test_http",
+    "test_security_basics",
+    "test_jobs",
+    "test_restart",
+    "test_reboot",
+    "test_idempotence",
+]
 
 
 def pytest_configure(config):
@@ -64,9 +71,13 @@ class KilnVM:
     def __init__(self):
         import vagrant  # python-vagrant
 
-        self.v = vagrant.Vagrant(str(ROOT), quiet_stdout=False, quiet_stderr=False,
-                                 out_cm=vagrant.make_file_cm(str(VAGRANT_LOG)),
-                                 err_cm=vagrant.make_file_cm(str(VAGRANT_LOG)))
+        self.v = vagrant.Vagrant(
+            str(ROOT),
+            quiet_stdout=False,
+            quiet_stderr=False,
+            out_cm=vagrant.make_file_cm(str(VAGRANT_LOG)),
+            err_cm=vagrant.make_file_cm(str(VAGRANT_LOG)),
+        )
 
     def state(self) -> str:
         return self.v.status()[0].state
@@ -92,8 +103,10 @@ class KilnVM:
     def force_off(self):
         dom = self.domain_id()
         if dom:
-            subprocess.run(["virsh", "-c", os.environ.get("KILN_LIBVIRT_URI", "qemu:///system"), "destroy", dom],
-                           capture_output=True)
+            subprocess.run(
+                ["virsh", "-c", os.environ.get("KILN_LIBVIRT_URI", "qemu:///system"), "destroy", dom],
+                capture_output=True,
+            )
 
     def vagrant(self, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
         """Run a vagrant command, watching the serial console; one retry after a kernel panic."""
@@ -115,13 +128,17 @@ class KilnVM:
                     proc.kill()
                 proc.wait()
             if panic:
-                sys.stderr.write(f"\nkiln: KERNEL PANIC during `vagrant {' '.join(args)}`:\n"
-                                 f"{self.serial_since(sizes)[-1500:]}\nkiln: retrying once\n")
+                sys.stderr.write(
+                    f"\nkiln: KERNEL PANIC during `vagrant {' '.join(args)}`:\n"
+                    f"{self.serial_since(sizes)[-1500:]}\nkiln: retrying once\n"
+                )
                 if attempt == 1:
                     continue
             if proc.returncode != 0:
-                raise RuntimeError(f"`vagrant {' '.join(args)}` failed (rc={proc.returncode}); "
-                                   f"tail of {VAGRANT_LOG}:\n{VAGRANT_LOG.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"`vagrant {' '.join(args)}` failed (rc={proc.returncode}); "
+                    f"tail of {VAGRANT_LOG}:\n{VAGRANT_LOG.read_text()[-3000:]}"
+                )
             return proc
         raise RuntimeError("unreachable")
 
@@ -133,8 +150,10 @@ class KilnVM:
     def write_ssh_config(self):
         cfg = self.v.ssh_config()
         # Survive reboots: fail fast on a dead connection instead of hanging on a stale control master.
-        extra = ("  ServerAliveInterval 5\n  ServerAliveCountMax 3\n  ConnectTimeout 10\n"
-                 "  ControlMaster auto\n  ControlPersist 60s\n  ControlPath /tmp/kiln-ssh-%C\n")
+        extra = (
+            "  ServerAliveInterval 5\n  ServerAliveCountMax 3\n  ConnectTimeout 10\n"
+            "  ControlMaster auto\n  ControlPersist 60s\n  ControlPath /tmp/kiln-ssh-%C\n"
+        )
         SSH_CONFIG.write_text(cfg.rstrip("\n") + "\n" + extra)
 
     def provision(self) -> str:
@@ -147,7 +166,7 @@ class KilnVM:
     def panic_since(self, sizes) -> str | None:
         text = self.serial_since(sizes)
         i = text.find("Kernel panic")
-        return text[max(0, i - 1500): i + 300] if i >= 0 else None
+        return text[max(0, i - 1500) : i + 300] if i >= 0 else None
 
 
 @pytest.fixture(scope="session")

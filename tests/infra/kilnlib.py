@@ -30,7 +30,8 @@ def sh(host, cmd: str, ok=(0,), timeout: int | None = None):
     res = host.run(cmd)
     if ok is not None and res.rc not in ok:
         raise AssertionError(
-            f"command failed (rc={res.rc}): {cmd}\n--- stdout ---\n{res.stdout[-3000:]}\n--- stderr ---\n{res.stderr[-3000:]}"
+            f"command failed (rc={res.rc}): {cmd}\n--- stdout ---\n{res.stdout[-3000:]}\n"
+            f"--- stderr ---\n{res.stderr[-3000:]}"
         )
     return res
 
@@ -139,20 +140,32 @@ class Response:
         return f"HTTP {self.status}\n{self.raw_headers.strip()}\n\n{self.body[:800]}"
 
 
-def http(host, path: str, scheme: str = "https", method: str = "GET", data_cmd: str | None = None,
-         headers: dict[str, str] | None = None, timeout: int = 15, host_header: str = "localhost") -> Response:
+def http(
+    host,
+    path: str,
+    scheme: str = "https",
+    method: str = "GET",
+    data_cmd: str | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: int = 15,
+    host_header: str = "localhost",
+) -> Response:
     """Request `path` from nginx on the target. data_cmd: a shell command whose stdout is the request body."""
     port = 443 if scheme == "https" else 80
     hdrs = {"Host": host_header, **(headers or {})}
     hargs = " ".join(f"-H {shlex.quote(f'{k}: {v}')}" for k, v in hdrs.items())
     url = f"{scheme}://127.0.0.1:{port}{path}"
     body = "--data-binary @-" if data_cmd else ""
-    curl = (f"curl -sk -X {method} {hargs} {body} --max-time {timeout} -D /tmp/kiln-h.$$ -o /tmp/kiln-b.$$ "
-            f"-w '%{{http_code}}' {shlex.quote(url)}")
+    curl = (
+        f"curl -sk -X {method} {hargs} {body} --max-time {timeout} -D /tmp/kiln-h.$$ -o /tmp/kiln-b.$$ "
+        f"-w '%{{http_code}}' {shlex.quote(url)}"
+    )
     if data_cmd:
         curl = f"{data_cmd} | {curl}"
-    script = (f"code=$({curl}); printf '%s\\n' \"$code\"; base64 -w0 /tmp/kiln-h.$$ 2>/dev/null; echo; "
-              f"head -c 200000 /tmp/kiln-b.$$ 2>/dev/null | base64 -w0; echo; rm -f /tmp/kiln-h.$$ /tmp/kiln-b.$$")
+    script = (
+        f"code=$({curl}); printf '%s\\n' \"$code\"; base64 -w0 /tmp/kiln-h.$$ 2>/dev/null; echo; "
+        f"head -c 200000 /tmp/kiln-b.$$ 2>/dev/null | base64 -w0; echo; rm -f /tmp/kiln-h.$$ /tmp/kiln-b.$$"
+    )
     res = host.run(script)
     lines = res.stdout.split("\n")
     try:
@@ -173,10 +186,16 @@ def http(host, path: str, scheme: str = "https", method: str = "GET", data_cmd: 
 
 
 def wait_http_ok(host, path: str = "/readyz", timeout: float = 10, scheme: str = "http") -> Response:
-    return wait_for(lambda: (r := http(host, path, scheme=scheme, timeout=5)).status == 200 and r,
-                    timeout, 0.5, f"{scheme} {path} -> 200",
-                    evidence=lambda: f"{http(host, path, scheme=scheme, timeout=5)}\n{supervisor_text(host)}\n"
-                                     f"--- {WEB_LOG} ---\n{tail(host, WEB_LOG, 20)}")
+    return wait_for(
+        lambda: (r := http(host, path, scheme=scheme, timeout=5)).status == 200 and r,
+        timeout,
+        0.5,
+        f"{scheme} {path} -> 200",
+        evidence=lambda: (
+            f"{http(host, path, scheme=scheme, timeout=5)}\n{supervisor_text(host)}\n"
+            f"--- {WEB_LOG} ---\n{tail(host, WEB_LOG, 20)}"
+        ),
+    )
 
 
 # --- env file, Redis, Python in the release venv ------------------------------------------------------------------
@@ -224,10 +243,12 @@ def app_python(host, code: str, timeout: int = 120, ok=(0,)):
         "django.setup()\n"
     )
     b64 = base64.b64encode((prelude + code).encode()).decode()
-    cmd = (f"cd {APP_DIR} && echo {b64} | base64 -d > /tmp/kiln-py.$$ && chmod 0644 /tmp/kiln-py.$$ && "
-           f"runuser -u kiln -- env -i PATH=/usr/bin:/bin HOME=/srv/kiln LANG=C.UTF-8 KILN_ENV_FILE={ENV_FILE} "
-           f"PYTHONPATH={APP_DIR} "
-           f"timeout {timeout} {VENV_PY} /tmp/kiln-py.$$; rc=$?; rm -f /tmp/kiln-py.$$; exit $rc")
+    cmd = (
+        f"cd {APP_DIR} && echo {b64} | base64 -d > /tmp/kiln-py.$$ && chmod 0644 /tmp/kiln-py.$$ && "
+        f"runuser -u kiln -- env -i PATH=/usr/bin:/bin HOME=/srv/kiln LANG=C.UTF-8 KILN_ENV_FILE={ENV_FILE} "
+        f"PYTHONPATH={APP_DIR} "
+        f"timeout {timeout} {VENV_PY} /tmp/kiln-py.$$; rc=$?; rm -f /tmp/kiln-py.$$; exit $rc"
+    )
     res = sh(host, cmd, ok=ok)
     for line in reversed(res.stdout.strip().splitlines()):
         if line.startswith("{") or line.startswith("["):

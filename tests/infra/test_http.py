@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from kilnlib import (WEB_LOG, all_running, http, out, supervisor_text, tail, wait_for, wait_http_ok,
-                     worker_names)
+from kilnlib import WEB_LOG, all_running, http, out, supervisor_text, tail, wait_for, wait_http_ok, worker_names
 
 STATIC = "/static/admin/css/base.css"  # shipped by django.contrib.admin, collected by collectstatic
 
@@ -62,19 +61,27 @@ def test_custom_error_page_when_gunicorn_is_stopped(host, web_restored):
 
 
 def test_body_over_the_upload_limit_is_rejected_with_413(host):
-    limit = 10485760
-    try:
-        limit = int(out(host, "sed -n 's/^MAX_UPLOAD_BYTES=//p' /etc/kiln/kiln.env") or limit)
-    except ValueError:
-        pass
-    r = http(host, "/api/records/", method="POST", headers={"Content-Type": "application/octet-stream"},
-             data_cmd=f"head -c {limit + 1024 * 1024} /dev/zero", timeout=60)
+    configured = out(host, "sed -n 's/^MAX_UPLOAD_BYTES=//p' /etc/kiln/kiln.env")
+    limit = int(configured) if configured.isdigit() else 10485760
+    r = http(
+        host,
+        "/api/records/",
+        method="POST",
+        headers={"Content-Type": "application/octet-stream"},
+        data_cmd=f"head -c {limit + 1024 * 1024} /dev/zero",
+        timeout=60,
+    )
     assert r.status == 413, r
 
 
 def test_body_under_the_limit_reaches_the_app(host):
-    r = http(host, "/api/records/", method="POST", headers={"Content-Type": "application/json"},
-             data_cmd="printf '%s' '{\"title\": \"infra http\", \"body\": \"x\"}'")
+    r = http(
+        host,
+        "/api/records/",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+        data_cmd='printf \'%s\' \'{"title": "infra http", "body": "x"}\'',
+    )
     assert r.status == 201, r
 
 
@@ -97,5 +104,10 @@ def test_security_headers_are_not_duplicated(host):
 
 
 def test_all_programs_running_after_http_suite(host):
-    wait_for(lambda: all_running(host, ["kiln-web", *worker_names(host)]), 60, 2, "programs RUNNING",
-             evidence=lambda: supervisor_text(host))
+    wait_for(
+        lambda: all_running(host, ["kiln-web", *worker_names(host)]),
+        60,
+        2,
+        "programs RUNNING",
+        evidence=lambda: supervisor_text(host),
+    )

@@ -13,10 +13,15 @@ ETC_VOLATILE = re.compile(r"^/etc/(adjtime|resolv\.conf|ld\.so\.cache)$")
 
 
 def snapshot(host) -> dict[str, str]:
-    etc = host.run("find /etc -xdev \\( -type f -o -type l \\) -printf '%p %m %u:%g %l\\n' | sort; "
-                   "find /etc -xdev -type f -print0 | sort -z | xargs -0 sha256sum").stdout
-    etc = "\n".join(ln for ln in etc.splitlines() if not ETC_VOLATILE.match(ln.split()[-1] if " " in ln else ln)
-                    and not ETC_VOLATILE.match(ln.split()[0]))
+    etc = host.run(
+        "find /etc -xdev \\( -type f -o -type l \\) -printf '%p %m %u:%g %l\\n' | sort; "
+        "find /etc -xdev -type f -print0 | sort -z | xargs -0 sha256sum"
+    ).stdout
+    etc = "\n".join(
+        ln
+        for ln in etc.splitlines()
+        if not ETC_VOLATILE.match(ln.split()[-1] if " " in ln else ln) and not ETC_VOLATILE.match(ln.split()[0])
+    )
     return {
         "etc": etc,
         "dpkg": host.run("dpkg-query -W -f '${Package} ${Version} ${Status}\\n' | sort").stdout,
@@ -31,7 +36,9 @@ def diff(a: dict[str, str], b: dict[str, str]) -> str:
     out = []
     for k in a:
         if a[k] != b[k]:
-            d = difflib.unified_diff(a[k].splitlines(), b[k].splitlines(), f"{k} before", f"{k} after", lineterm="", n=0)
+            d = difflib.unified_diff(
+                a[k].splitlines(), b[k].splitlines(), f"{k} before", f"{k} after", lineterm="", n=0
+            )
             out.append("\n".join(list(d)[:60]))
     return "\n".join(out)
 

@@ -9,8 +9,19 @@ import textwrap
 
 import pytest
 
-from kilnlib import (all_running, app_python, out, redis_cli, redis_info, sh, supervisor_status, supervisor_text,
-                     tail, wait_for, worker_names)
+from kilnlib import (
+    all_running,
+    app_python,
+    out,
+    redis_cli,
+    redis_info,
+    sh,
+    supervisor_status,
+    supervisor_text,
+    tail,
+    wait_for,
+    worker_names,
+)
 
 RQ_PRELUDE = textwrap.dedent("""
     import django_rq
@@ -42,7 +53,9 @@ def enqueue_sleep(host, seconds: int, retries: int = 0, wait_started: bool = Tru
     """Enqueue time.sleep(seconds); with wait_started, poll (in the same process, so it is quick under TCG) until a
     worker has started it. Returns the job state incl. the worker's name and pid."""
     retry = f", retry=Retry(max={retries})" if retries else ""
-    return rq(host, f"""
+    return rq(
+        host,
+        f"""
         job = q.enqueue("time.sleep", {seconds}, job_timeout=300, result_ttl=3600, failure_ttl=3600{retry})
         deadline = time.time() + 90
         s = job_state(job.id)
@@ -50,7 +63,8 @@ def enqueue_sleep(host, seconds: int, retries: int = 0, wait_started: bool = Tru
             time.sleep(0.2)
             s = job_state(job.id)
         print(json.dumps(s))
-    """)
+    """,
+    )
 
 
 def state(host, job_id: str) -> dict:
@@ -58,8 +72,10 @@ def state(host, job_id: str) -> dict:
 
 
 def worker_logs(host) -> str:
-    return "\n".join(f"--- {p} ---\n{tail(host, p, 15)}" for p in
-                     out(host, "ls /var/log/kiln/worker-*.log 2>/dev/null || true").split())
+    return "\n".join(
+        f"--- {p} ---\n{tail(host, p, 15)}"
+        for p in out(host, "ls /var/log/kiln/worker-*.log 2>/dev/null || true").split()
+    )
 
 
 def started(host, seconds: int, retries: int = 0) -> dict:
@@ -71,14 +87,23 @@ def started(host, seconds: int, retries: int = 0) -> dict:
 
 
 def wait_final(host, job_id: str, timeout: float = 120, want=("finished",)) -> dict:
-    return wait_for(lambda: (s := state(host, job_id))["status"] in want and s, timeout, 2,
-                    f"job {job_id} in {want}",
-                    evidence=lambda: f"{state(host, job_id)}\n{supervisor_text(host)}\n{worker_logs(host)}")
+    return wait_for(
+        lambda: (s := state(host, job_id))["status"] in want and s,
+        timeout,
+        2,
+        f"job {job_id} in {want}",
+        evidence=lambda: f"{state(host, job_id)}\n{supervisor_text(host)}\n{worker_logs(host)}",
+    )
 
 
 def wait_workers_running(host, timeout: float = 90):
-    wait_for(lambda: all_running(host, worker_names(host)), timeout, 2, "all kiln-worker RUNNING",
-             evidence=lambda: supervisor_text(host) + worker_logs(host))
+    wait_for(
+        lambda: all_running(host, worker_names(host)),
+        timeout,
+        2,
+        "all kiln-worker RUNNING",
+        evidence=lambda: supervisor_text(host) + worker_logs(host),
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -103,8 +128,13 @@ def test_job_in_progress_survives_sigterm_of_its_worker(host):
     final = wait_final(host, job_id, 90, want=("finished", "failed"))
     assert final["status"] == "finished", f"job lost its work on SIGTERM of {name} (pid {pid}): {final}"
     # the worker exits after the job (warm shutdown) and supervisor starts a new one
-    wait_for(lambda: (p := supervisor_status(host).get(name)) and p.state == "RUNNING" and p.pid != pid, 60, 1,
-             f"{name} restarted with a new pid", evidence=lambda: supervisor_text(host))
+    wait_for(
+        lambda: (p := supervisor_status(host).get(name)) and p.state == "RUNNING" and p.pid != pid,
+        60,
+        1,
+        f"{name} restarted with a new pid",
+        evidence=lambda: supervisor_text(host),
+    )
 
 
 def test_job_in_progress_survives_supervisorctl_restart_of_its_worker(host):
@@ -124,11 +154,17 @@ def test_worker_killed_mid_job_requeues_or_fails_the_job_never_loses_it(host):
     horse = out(host, f"pgrep -P {pid} || true")
     # the worker and its work horse (own process group) die at once, as in an OOM kill
     sh(host, f"kill -9 {pid} {horse}")
-    wait_for(lambda: (p := supervisor_status(host).get(name)) and p.pid != pid and p.state == "RUNNING", 60, 1,
-             f"{name} back after kill -9", evidence=lambda: supervisor_text(host))
+    wait_for(
+        lambda: (p := supervisor_status(host).get(name)) and p.pid != pid and p.state == "RUNNING",
+        60,
+        1,
+        f"{name} back after kill -9",
+        evidence=lambda: supervisor_text(host),
+    )
     after = state(host, job_id)
-    assert after["in_started"] or after["in_queue"] or after["in_failed"] or after["status"] == "finished", \
+    assert after["in_started"] or after["in_queue"] or after["in_failed"] or after["status"] == "finished", (
         f"job is in no registry after kill -9 of its worker: {after}"
+    )
     # rq's maintenance (every 10 min in each worker) handles started jobs whose heartbeat expired: run that now,
     # with the clock moved past the heartbeat TTL, instead of waiting for it.
     rq(host, "StartedJobRegistry(queue=q).cleanup(timestamp=time.time() + 3600); print('{}')")
@@ -141,13 +177,16 @@ def test_worker_killed_mid_job_requeues_or_fails_the_job_never_loses_it(host):
 
 def test_queued_jobs_survive_a_restart_and_a_crash_of_the_queue_redis(host):
     # a queue no worker listens on, so the jobs stay queued
-    ids = rq(host, """
+    ids = rq(
+        host,
+        """
         from rq import Queue
         tq = Queue("kiln-infra-test", connection=conn)
         tq.empty()
         ids = [tq.enqueue("time.sleep", 1, job_id=f"kiln-infra-{i}").id for i in range(3)]
         print(json.dumps(ids))
-    """)
+    """,
+    )
     check = """
         from rq import Queue
         tq = Queue("kiln-infra-test", connection=conn)
@@ -159,9 +198,13 @@ def test_queued_jobs_survive_a_restart_and_a_crash_of_the_queue_redis(host):
         assert rq(host, check) == sorted(ids), "queued jobs lost over `systemctl restart redis-server@queue`"
         # crash: no shutdown save; AOF everysec keeps what is older than ~1 s
         sh(host, "sleep 2; kill -9 $(systemctl show -p MainPID --value redis-server@queue)")
-        wait_for(lambda: "PONG" in redis_cli(host, "queue", "PING", ok=None).stdout, 60, 1,
-                 "queue redis back after kill -9", evidence=lambda: out(host, "systemctl status redis-server@queue "
-                                                                     "--no-pager -n 20 || true"))
+        wait_for(
+            lambda: "PONG" in redis_cli(host, "queue", "PING", ok=None).stdout,
+            60,
+            1,
+            "queue redis back after kill -9",
+            evidence=lambda: out(host, "systemctl status redis-server@queue --no-pager -n 20 || true"),
+        )
         assert rq(host, check) == sorted(ids), "queued jobs lost over kill -9 of redis-server@queue"
     finally:
         rq(host, 'from rq import Queue\nQueue("kiln-infra-test", connection=conn).empty()\nprint("{}")')
@@ -177,8 +220,10 @@ def test_full_cache_redis_evicts_while_queue_redis_evicts_nothing(host):
     assert mem.get("maxmemory_policy") in ("allkeys-lru", "allkeys-lfu", "volatile-lru"), mem.get("maxmemory_policy")
     assert redis_info(host, "queue", "memory").get("maxmemory_policy") == "noeviction"
     # write ~2x maxmemory in 100 KiB values, 5 MiB per call (each call evicts before it runs)
-    fill = ("EVAL \"for i=1,50 do redis.call('SET','kiln-infra-fill:'..ARGV[1]..':'..i, string.rep('x',102400)) end "
-            "return 1\" 0")
+    fill = (
+        "EVAL \"for i=1,50 do redis.call('SET','kiln-infra-fill:'..ARGV[1]..':'..i, string.rep('x',102400)) end "
+        'return 1" 0'
+    )
     calls = 2 * maxmem // (50 * 102400) + 1
     try:
         for n in range(calls):
@@ -191,11 +236,16 @@ def test_full_cache_redis_evicts_while_queue_redis_evicts_nothing(host):
     finally:
         sh(host, "true")
         h = "REDISCLI_AUTH=\"$(sed -n 's#^CACHE_URL=redis://:\\([^@]*\\)@.*#\\1#p' /etc/kiln/kiln.env)\" "
-        sh(host, f"{h} redis-cli -p 6379 --scan --pattern 'kiln-infra-fill:*' | "
-                 f"{h} xargs -r -n 500 redis-cli -p 6379 DEL >/dev/null", ok=None)
+        sh(
+            host,
+            f"{h} redis-cli -p 6379 --scan --pattern 'kiln-infra-fill:*' | "
+            f"{h} xargs -r -n 500 redis-cli -p 6379 DEL >/dev/null",
+            ok=None,
+        )
     queue_after = redis_info(host, "queue", "stats")
-    assert queue_after["evicted_keys"] == queue_before["evicted_keys"] == "0", \
+    assert queue_after["evicted_keys"] == queue_before["evicted_keys"] == "0", (
         f"queue redis evicted keys: before={queue_before['evicted_keys']} after={queue_after['evicted_keys']}"
+    )
     # the app still works with its cache churned
     r = json.loads(out(host, "curl -s -H 'Host: localhost' http://127.0.0.1/readyz"))
     assert r["cache"]["ok"] and r["queue"]["ok"], r

@@ -7,8 +7,18 @@ import uuid
 
 import pytest
 
-from kilnlib import (SERVICES, SOCKET, all_running, boot_id, http, supervisor_text, unit_evidence, wait_for,
-                     wait_http_ok, worker_names)
+from kilnlib import (
+    SERVICES,
+    SOCKET,
+    all_running,
+    boot_id,
+    http,
+    supervisor_text,
+    unit_evidence,
+    wait_for,
+    wait_http_ok,
+    worker_names,
+)
 
 BOOT_TIMEOUT = float(os.environ.get("KILN_BOOT_TIMEOUT", "300"))
 
@@ -21,8 +31,13 @@ def _reachable_boot_id(host):
 @pytest.fixture(scope="module")
 def rebooted(host, kiln_vm):
     title = f"before-reboot-{uuid.uuid4().hex[:8]}"
-    r = http(host, "/api/records/", method="POST", headers={"Content-Type": "application/json"},
-             data_cmd=f"printf '%s' '{json.dumps({'title': title, 'body': 'written before the reboot'})}'")
+    r = http(
+        host,
+        "/api/records/",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+        data_cmd=f"printf '%s' '{json.dumps({'title': title, 'body': 'written before the reboot'})}'",
+    )
     assert r.status == 201, f"could not create the record before rebooting:\n{r}"
     record = json.loads(r.body)
     old = boot_id(host)
@@ -43,8 +58,13 @@ def rebooted(host, kiln_vm):
         new = _reachable_boot_id(host)
         return new if new and new != old else None
 
-    wait_for(back, BOOT_TIMEOUT, 3, "the host to come back with a new boot_id",
-             evidence=lambda: (kiln_vm.serial_since(sizes)[-2000:] if kiln_vm else "n/a"))
+    wait_for(
+        back,
+        BOOT_TIMEOUT,
+        3,
+        "the host to come back with a new boot_id",
+        evidence=lambda: kiln_vm.serial_since(sizes)[-2000:] if kiln_vm else "n/a",
+    )
     print(f"reboot: SSH back after {time.monotonic() - t0:.0f}s")
     return {"record": record, "t0": t0, "panicked": panicked}
 
@@ -52,16 +72,26 @@ def rebooted(host, kiln_vm):
 @pytest.mark.parametrize("unit", [*SERVICES, "kiln-firstboot"])
 def test_service_is_back_after_reboot(host, rebooted, unit):
     want = ("active",) if unit != "kiln-firstboot" else ("active", "inactive")
-    wait_for(lambda: host.run(f"systemctl is-active {unit}").stdout.strip() in want, 180, 2,
-             f"{unit} {want} after reboot", evidence=lambda: unit_evidence(host, unit))
+    wait_for(
+        lambda: host.run(f"systemctl is-active {unit}").stdout.strip() in want,
+        180,
+        2,
+        f"{unit} {want} after reboot",
+        evidence=lambda: unit_evidence(host, unit),
+    )
     if unit == "kiln-firstboot":
         res = host.run("systemctl show -p Result --value kiln-firstboot")
         assert res.stdout.strip() == "success", unit_evidence(host, unit)
 
 
 def test_programs_are_running_after_reboot(host, rebooted):
-    wait_for(lambda: all_running(host, ["kiln-web", *worker_names(host)]) and len(worker_names(host)) >= 1, 180, 2,
-             "kiln-web and workers RUNNING after reboot", evidence=lambda: supervisor_text(host))
+    wait_for(
+        lambda: all_running(host, ["kiln-web", *worker_names(host)]) and len(worker_names(host)) >= 1,
+        180,
+        2,
+        "kiln-web and workers RUNNING after reboot",
+        evidence=lambda: supervisor_text(host),
+    )
     assert host.file(SOCKET).is_socket
 
 

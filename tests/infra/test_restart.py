@@ -4,8 +4,23 @@ import time
 
 import pytest
 
-from kilnlib import (all_running, http, journal, main_pid, out, sh, supervisor_status, supervisor_text, tail,
-                     unit_evidence, unit_state, wait_for, wait_http_ok, worker_names, WEB_LOG)
+from kilnlib import (
+    WEB_LOG,
+    all_running,
+    http,
+    journal,
+    main_pid,
+    out,
+    sh,
+    supervisor_status,
+    supervisor_text,
+    tail,
+    unit_evidence,
+    unit_state,
+    wait_for,
+    wait_http_ok,
+    worker_names,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -13,17 +28,28 @@ def everything_running(host):
     names = ["kiln-web", *worker_names(host)]
     wait_for(lambda: all_running(host, names), 90, 2, "all programs RUNNING", evidence=lambda: supervisor_text(host))
     yield
-    wait_for(lambda: all_running(host, ["kiln-web", *worker_names(host)]), 120, 2, "all programs RUNNING again",
-             evidence=lambda: supervisor_text(host))
+    wait_for(
+        lambda: all_running(host, ["kiln-web", *worker_names(host)]),
+        120,
+        2,
+        "all programs RUNNING again",
+        evidence=lambda: supervisor_text(host),
+    )
 
 
 def _program_comes_back(host, name: str, timeout: float):
     before = supervisor_status(host)[name]
     t0 = time.monotonic()
     sh(host, f"kill -9 {before.pid}")
-    after = wait_for(lambda: (p := supervisor_status(host).get(name)) and p.pid not in (0, before.pid)
-                     and p.state == "RUNNING" and p, timeout + 20, 0.5, f"{name} RUNNING with a new pid",
-                     evidence=lambda: supervisor_text(host))
+    after = wait_for(
+        lambda: (
+            (p := supervisor_status(host).get(name)) and p.pid not in (0, before.pid) and p.state == "RUNNING" and p
+        ),
+        timeout + 20,
+        0.5,
+        f"{name} RUNNING with a new pid",
+        evidence=lambda: supervisor_text(host),
+    )
     return before, after, time.monotonic() - t0
 
 
@@ -32,15 +58,22 @@ def test_gunicorn_restarts_after_kill(host, restart_timeout):
     t0 = time.monotonic()
     # master only: its workers notice the dead master and exit; supervisor starts a fresh master
     sh(host, f"kill -9 {before.pid}")
-    wait_for(lambda: (p := supervisor_status(host)["kiln-web"]).pid not in (0, before.pid) and p.state == "RUNNING",
-             restart_timeout + 30, 0.5, "kiln-web RUNNING with a new pid", evidence=lambda: supervisor_text(host))
+    wait_for(
+        lambda: (p := supervisor_status(host)["kiln-web"]).pid not in (0, before.pid) and p.state == "RUNNING",
+        restart_timeout + 30,
+        0.5,
+        "kiln-web RUNNING with a new pid",
+        evidence=lambda: supervisor_text(host),
+    )
     wait_http_ok(host, "/readyz", timeout=max(1.0, restart_timeout + 30 - (time.monotonic() - t0)))
     took = time.monotonic() - t0
     after = supervisor_status(host)["kiln-web"]
-    assert took <= restart_timeout, (f"kiln-web served 200 again only after {took:.1f}s (> {restart_timeout}s); "
-                                     f"pid {before.pid} -> {after.pid}\n{tail(host, WEB_LOG, 15)}")
+    assert took <= restart_timeout, (
+        f"kiln-web served 200 again only after {took:.1f}s (> {restart_timeout}s); "
+        f"pid {before.pid} -> {after.pid}\n{tail(host, WEB_LOG, 15)}"
+    )
     # no orphaned gunicorn workers of the dead master
-    orphans = out(host, f"pgrep -P 1 -f 'gunicorn kiln.wsgi' || true")
+    orphans = out(host, "pgrep -P 1 -f 'gunicorn kiln.wsgi' || true")
     assert not orphans, f"orphaned gunicorn processes: {orphans}\n{out(host, 'ps -ef | grep [g]unicorn')}"
 
 
@@ -55,15 +88,26 @@ def test_supervisord_is_restarted_by_systemd_with_its_programs(host, restart_tim
     web = supervisor_status(host)["kiln-web"].pid
     t0 = time.monotonic()
     sh(host, f"kill -9 {pid}")
-    wait_for(lambda: main_pid(host, "supervisor") not in (0, pid) and unit_state(host, "supervisor") == "active",
-             60, 1, "supervisor.service active with a new MainPID", evidence=lambda: unit_evidence(host, "supervisor"))
+    wait_for(
+        lambda: main_pid(host, "supervisor") not in (0, pid) and unit_state(host, "supervisor") == "active",
+        60,
+        1,
+        "supervisor.service active with a new MainPID",
+        evidence=lambda: unit_evidence(host, "supervisor"),
+    )
     names = ["kiln-web", *worker_names(host)]
-    wait_for(lambda: all_running(host, names) and supervisor_status(host)["kiln-web"].pid != web, 90, 1,
-             "programs RUNNING under the new supervisord", evidence=lambda: supervisor_text(host))
+    wait_for(
+        lambda: all_running(host, names) and supervisor_status(host)["kiln-web"].pid != web,
+        90,
+        1,
+        "programs RUNNING under the new supervisord",
+        evidence=lambda: supervisor_text(host),
+    )
     wait_http_ok(host, "/readyz", timeout=60)
     # the old programs (orphaned by the dead supervisord) must not linger and hold the socket / jobs
-    dupes = out(host, "pgrep -c -f '^/srv/kiln/current/venv/bin/python[0-9.]* /srv/kiln/current/venv/bin/gunicorn' "
-                      "|| true")
+    dupes = out(
+        host, "pgrep -c -f '^/srv/kiln/current/venv/bin/python[0-9.]* /srv/kiln/current/venv/bin/gunicorn' || true"
+    )
     masters = out(host, "ps -eo ppid,pid,args | awk '$3 ~ /gunicorn/ && $1 == 1' || true")
     assert not masters.strip(), f"gunicorn re-parented to init after supervisord died:\n{masters}\n({dupes})"
     print(f"supervisord back with programs serving in {time.monotonic() - t0:.1f}s")
@@ -75,8 +119,13 @@ def test_service_restarts_after_kill(host, unit):
     assert pid, unit_evidence(host, unit)
     t0 = time.monotonic()
     sh(host, f"kill -9 {pid}")
-    wait_for(lambda: main_pid(host, unit) not in (0, pid) and unit_state(host, unit) == "active", 90, 1,
-             f"{unit} active with a new MainPID", evidence=lambda: unit_evidence(host, unit) + journal(host, unit, 15))
+    wait_for(
+        lambda: main_pid(host, unit) not in (0, pid) and unit_state(host, unit) == "active",
+        90,
+        1,
+        f"{unit} active with a new MainPID",
+        evidence=lambda: unit_evidence(host, unit) + journal(host, unit, 15),
+    )
     if unit == "nginx":
         # nginx workers of the killed master keep the listening sockets: make sure the new master really serves
         wait_http_ok(host, "/healthz", timeout=30)
@@ -97,13 +146,19 @@ def test_crash_looping_program_does_not_take_the_others_down(host):
     before = {n: p.pid for n, p in supervisor_status(host).items()}
     try:
         sh(host, f"printf '%s' '{CRASHER}' > /etc/supervisor/conf.d/kiln-infra-crasher.conf && supervisorctl update")
-        wait_for(lambda: (p := supervisor_status(host).get("kiln-infra-crasher")) and p.state == "FATAL", 60, 1,
-                 "crasher FATAL", evidence=lambda: supervisor_text(host))
+        wait_for(
+            lambda: (p := supervisor_status(host).get("kiln-infra-crasher")) and p.state == "FATAL",
+            60,
+            1,
+            "crasher FATAL",
+            evidence=lambda: supervisor_text(host),
+        )
         time.sleep(2)
         st = supervisor_status(host)
         for name, pid in before.items():
-            assert st[name].state == "RUNNING" and st[name].pid == pid, \
+            assert st[name].state == "RUNNING" and st[name].pid == pid, (
                 f"{name} disturbed by a crash-looping neighbour:\n{supervisor_text(host)}"
+            )
         assert http(host, "/readyz", scheme="http").status == 200
     finally:
         host.run("rm -f /etc/supervisor/conf.d/kiln-infra-crasher.conf && supervisorctl update")

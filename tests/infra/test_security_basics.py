@@ -12,7 +12,9 @@ def _sshd(host) -> dict[str, str]:
 
 def test_ssh_refuses_password_authentication(host):
     cfg = _sshd(host)
-    assert cfg.get("passwordauthentication") == "no", f"sshd -T: passwordauthentication={cfg.get('passwordauthentication')}"
+    assert cfg.get("passwordauthentication") == "no", (
+        f"sshd -T: passwordauthentication={cfg.get('passwordauthentication')}"
+    )
     assert cfg.get("kbdinteractiveauthentication", "no") == "no", cfg.get("kbdinteractiveauthentication")
 
 
@@ -23,9 +25,11 @@ def test_ssh_refuses_root_login(host):
 
 def test_ssh_server_offers_no_password_method(host):
     # What a client is actually offered (the effective config could be overridden by a Match block).
-    res = host.run("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-                   "-o PreferredAuthentications=password,keyboard-interactive -o ConnectTimeout=10 "
-                   "nobody@127.0.0.1 true 2>&1")
+    res = host.run(
+        "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+        "-o PreferredAuthentications=password,keyboard-interactive -o ConnectTimeout=10 "
+        "nobody@127.0.0.1 true 2>&1"
+    )
     assert res.rc != 0, res.stdout
     assert "Permission denied" in res.stdout, res.stdout
     methods = res.stdout.rsplit("(", 1)[-1]
@@ -34,9 +38,11 @@ def test_ssh_server_offers_no_password_method(host):
 
 def test_database_refuses_a_client_without_password(host):
     # As an unprivileged OS user (root has unix_socket auth by design) and over TCP.
-    for cmd in ("runuser -u nobody -- mariadb -u kiln -e 'SELECT 1'",
-                "runuser -u nobody -- mariadb -u kiln -h 127.0.0.1 --protocol=TCP -e 'SELECT 1'",
-                "runuser -u nobody -- mariadb -u root -h 127.0.0.1 --protocol=TCP -e 'SELECT 1'"):
+    for cmd in (
+        "runuser -u nobody -- mariadb -u kiln -e 'SELECT 1'",
+        "runuser -u nobody -- mariadb -u kiln -h 127.0.0.1 --protocol=TCP -e 'SELECT 1'",
+        "runuser -u nobody -- mariadb -u root -h 127.0.0.1 --protocol=TCP -e 'SELECT 1'",
+    ):
         res = host.run(cmd)
         assert res.rc != 0 and "Access denied" in (res.stderr + res.stdout), f"{cmd}: rc={res.rc} {res.stderr}"
 

@@ -17,10 +17,17 @@ def test_package_is_installed(host, pkg):
 @pytest.mark.parametrize("unit", SERVICES)
 def test_service_is_enabled_and_running(host, unit):
     # first boot (kiln-firstboot) may still be finishing right after `vagrant up`
-    wait_for(lambda: host.run(f"systemctl is-active {unit}").stdout.strip() == "active", 120, 2,
-             f"{unit} active", evidence=lambda: unit_evidence(host, unit))
+    wait_for(
+        lambda: host.run(f"systemctl is-active {unit}").stdout.strip() == "active",
+        120,
+        2,
+        f"{unit} active",
+        evidence=lambda: unit_evidence(host, unit),
+    )
     enabled = host.run(f"systemctl is-enabled {unit}").stdout.strip()
-    assert enabled in ("enabled", "enabled-runtime", "alias"), f"{unit} is-enabled={enabled}\n{unit_evidence(host, unit)}"
+    assert enabled in ("enabled", "enabled-runtime", "alias"), (
+        f"{unit} is-enabled={enabled}\n{unit_evidence(host, unit)}"
+    )
 
 
 def test_firstboot_has_completed(host):
@@ -33,8 +40,13 @@ def test_supervisor_programs_are_running(host):
     def running():
         st = host.run("supervisorctl status").stdout
         names = [ln.split()[0] for ln in st.splitlines() if ln.strip()]
-        return (st if "kiln-web" in names and any(n.startswith("kiln-worker") for n in names)
-                and all(" RUNNING " in ln for ln in st.splitlines() if ln.strip()) else None)
+        return (
+            st
+            if "kiln-web" in names
+            and any(n.startswith("kiln-worker") for n in names)
+            and all(" RUNNING " in ln for ln in st.splitlines() if ln.strip())
+            else None
+        )
 
     wait_for(running, 90, 2, "kiln-web and every kiln-worker RUNNING", evidence=lambda: supervisor_text(host))
     assert len(worker_names(host)) >= 1, supervisor_text(host)
@@ -66,23 +78,26 @@ def test_backend_listens_on_loopback_only(host, port, name):
 
 def test_gunicorn_listens_on_its_unix_socket(host):
     sock = host.file(SOCKET)
-    assert sock.exists and sock.is_socket, host.run(f"ls -la /run/kiln/ 2>&1").stdout
+    assert sock.exists and sock.is_socket, host.run("ls -la /run/kiln/ 2>&1").stdout
     ss = host.run(f"ss -Hlxp src {SOCKET}").stdout
     assert "gunicorn" in ss or "python" in ss, f"no gunicorn on {SOCKET}: {ss!r}"
 
 
-@pytest.mark.parametrize("path,owner,group,mode", [
-    ("/etc/kiln/kiln.env", "root", "kiln", 0o640),
-    ("/etc/kiln/secrets.env", "root", "root", 0o600),
-    ("/etc/kiln", "root", "kiln", 0o750),
-    ("/etc/kiln/release", "root", "root", 0o644),
-    ("/etc/nginx/sites-available/kiln", "root", "root", 0o644),
-    ("/etc/supervisor/conf.d/kiln.conf", "root", "root", 0o644),
-    ("/etc/redis/redis-cache.conf", None, None, None),
-    ("/etc/redis/redis-queue.conf", None, None, None),
-    ("/etc/redis/kiln-cache.auth.conf", "redis", "redis", 0o640),
-    ("/etc/redis/kiln-queue.auth.conf", "redis", "redis", 0o640),
-])
+@pytest.mark.parametrize(
+    "path,owner,group,mode",
+    [
+        ("/etc/kiln/kiln.env", "root", "kiln", 0o640),
+        ("/etc/kiln/secrets.env", "root", "root", 0o600),
+        ("/etc/kiln", "root", "kiln", 0o750),
+        ("/etc/kiln/release", "root", "root", 0o644),
+        ("/etc/nginx/sites-available/kiln", "root", "root", 0o644),
+        ("/etc/supervisor/conf.d/kiln.conf", "root", "root", 0o644),
+        ("/etc/redis/redis-cache.conf", None, None, None),
+        ("/etc/redis/redis-queue.conf", None, None, None),
+        ("/etc/redis/kiln-cache.auth.conf", "redis", "redis", 0o640),
+        ("/etc/redis/kiln-queue.auth.conf", "redis", "redis", 0o640),
+    ],
+)
 def test_config_file_owner_and_mode(host, path, owner, group, mode):
     f = host.file(path)
     assert f.exists, f"{path} missing"

@@ -35,11 +35,28 @@ $(VENV)/.installed: app/requirements.txt app/requirements-dev.txt
 .PHONY: lint
 lint: deps ## ruff on Python, shellcheck on shell, packer fmt/validate
 	$(call stage,ruff,$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .)
-	$(call stage,shellcheck,git ls-files -z -- '*.sh' .ci/run | xargs -0 shellcheck)
+	$(call stage,shellcheck,git ls-files -z -- '*.sh' .ci/run 'provision/files/usr/local/*bin/*' | xargs -0 shellcheck)
+	$(call stage,packer fmt+validate,packer/scripts/lint.sh)
 
 .PHONY: test-app
 test-app: deps ## App tests against real MariaDB, Redis, S3 (moto) and SMTP servers
 	$(call stage,app tests,$(VENV)/bin/pytest tests/app)
 
+.PHONY: image
+image: ## Build the VPS qcow2 + Vagrant box + manifest into build/$(DISTRO)/ (installs packer, qemu, ...)
+	$(call stage,image $(DISTRO),packer/scripts/build.sh)
+
+.PHONY: image-check
+image-check: ## Boot the built qcow2 twice with plain QEMU + NoCloud: /readyz 200, HTTPS admin, per-instance secrets
+	$(call stage,boot check,tests/image/boot-check.sh)
+
+.PHONY: test-provision
+test-provision: ## Fast tier without a VM: provision/ in a systemd-nspawn container (first boot, idempotence)
+	$(call stage,provision in nspawn,tests/provision/nspawn-check.sh)
+
+.PHONY: test-infra
+test-infra: deps ## testinfra suites against the Vagrant VM booted from the baked box
+	$(call stage,infra suites,KILN_INFRA_VENV=$(VENV) KILN_DESTROY=1 tests/vagrant/run-infra.sh)
+
 .PHONY: test
-test: lint test-app ## Everything CI runs: lint, app tests, image build, boot check, infra suites
+test: lint test-app image image-check test-infra ## Everything CI runs: lint, app tests, image, boot check, infra

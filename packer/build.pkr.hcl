@@ -14,7 +14,8 @@ variable "check_programs" {
 }
 
 locals {
-  sudo_exec = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
+  # Scripts are run by bash, not executed: provision/ mounts /tmp noexec from the reboot on.
+  sudo_exec = "sudo env {{ .Vars }} bash {{ .Path }}"
 }
 
 build {

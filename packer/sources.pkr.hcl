@@ -12,7 +12,7 @@ source "qemu" "kiln" {
   memory      = var.memory
   qemuargs = [
     ["-cpu", "max"],
-    ["-smbios", "type=1,serial=ds=nocloud;s=http://{{ .HTTPIP }}:{{ .HTTPPort }}/"],
+    ["-smbios", "type=1,serial=ds=nocloud-net;s=http://{{ .HTTPIP }}:{{ .HTTPPort }}/"],
     ["-serial", "file:${var.serial_log}"],
   ]
   headless       = true

@@ -16,9 +16,13 @@ problems() {
     [ "$st" = active ] || out+="unit $u is ${st:-missing}; "
   done
   if [ -n "${CHECK_PROGRAMS:-}" ]; then
+    # A program with numprocs > 1 is a group (kiln-worker:kiln-worker-0, ...): every process must be RUNNING.
+    local lines bad
+    lines=$(supervisorctl status 2>/dev/null || true)
     for p in $CHECK_PROGRAMS; do
-      st=$(supervisorctl status "$p" 2>/dev/null | awk '{print $2}')
-      [ "$st" = RUNNING ] || out+="program $p is ${st:-missing}; "
+      st=$(awk -v p="$p" '$1 == p || index($1, p ":") == 1' <<<"$lines")
+      bad=$(awk '$2 != "RUNNING" {printf "%s=%s ", $1, $2}' <<<"$st")
+      if [ -z "$st" ]; then out+="program $p is missing; "; elif [ -n "$bad" ]; then out+="program $bad; "; fi
     done
   fi
   st=$(systemctl list-units --state=failed --no-legend --plain 2>/dev/null | awk '{print $1}' | tr '\n' ' ')

@@ -21,27 +21,28 @@ locals {
 build {
   sources = ["source.qemu.kiln"]
 
+  # Sources live in /var/tmp: the in-build reboot empties /tmp (a tmpfs once the hardening steps ran).
   provisioner "shell" {
     execute_command = local.sudo_exec
     inline = [
       "cloud-init status --wait >/dev/null 2>&1 || cloud-init status --long || true",
-      "mkdir -p /tmp/kiln/provision /tmp/kiln/app /tmp/kiln/ca && chown -R ${var.ssh_username} /tmp/kiln",
+      "mkdir -p /var/tmp/kiln/provision /var/tmp/kiln/app /var/tmp/kiln/ca && chown -R ${var.ssh_username} /var/tmp/kiln",
     ]
   }
 
   provisioner "file" {
     source      = "${var.provision_dir}/"
-    destination = "/tmp/kiln/provision"
+    destination = "/var/tmp/kiln/provision"
   }
 
   provisioner "file" {
     source      = "${var.app_dir}/"
-    destination = "/tmp/kiln/app"
+    destination = "/var/tmp/kiln/app"
   }
 
   provisioner "file" {
     source      = "${var.ca_certs_dir}/"
-    destination = "/tmp/kiln/ca"
+    destination = "/var/tmp/kiln/ca"
   }
 
   provisioner "shell" {
@@ -49,14 +50,14 @@ build {
     environment_vars = ["KILN_VERSION=${var.kiln_version}", "KILN_COMMIT=${var.kiln_commit}", "DEBIAN_FRONTEND=noninteractive"]
     inline = [
       "set -eu",
-      "find /tmp/kiln/ca -maxdepth 1 -name '*.crt' -exec install -m 0644 -o root -g root {} /usr/local/share/ca-certificates/ \\;",
+      "find /var/tmp/kiln/ca -maxdepth 1 -name '*.crt' -exec install -m 0644 -o root -g root {} /usr/local/share/ca-certificates/ \\;",
       "update-ca-certificates >/dev/null",
-      "chown -R root:root /tmp/kiln/provision /tmp/kiln/app",
+      "chown -R root:root /var/tmp/kiln/provision /var/tmp/kiln/app",
       "# Image-build practice: packages do not start their daemons from postinst; provision/ starts what it needs.",
       "printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d",
       "trap 'rm -f /usr/sbin/policy-rc.d' EXIT",
       "echo \"==> provision/install.sh KILN_VERSION=$KILN_VERSION KILN_COMMIT=$KILN_COMMIT\"; t0=$(date +%s)",
-      "bash /tmp/kiln/provision/install.sh",
+      "bash /var/tmp/kiln/provision/install.sh",
       "echo \"<== provision/install.sh done in $(( $(date +%s) - t0 ))s\"",
     ]
   }
@@ -92,7 +93,7 @@ build {
     inline = [
       "set -eu",
       "echo '==> provision/cleanup.sh'",
-      "bash /tmp/kiln/provision/cleanup.sh",
+      "bash /var/tmp/kiln/provision/cleanup.sh",
     ]
   }
 

@@ -59,5 +59,6 @@ test-infra: deps ## testinfra suites against the Vagrant VM booted from the bake
 	$(call stage,infra suites,KILN_INFRA_VENV=$(VENV) KILN_DESTROY=1 tests/vagrant/run-infra.sh)
 
 .PHONY: test
-# test-infra is not part of CI yet: its restart, reboot and idempotence suites have not passed against the baked box.
-test: lint test-app image image-check ## Everything CI runs: lint, app tests, image build, boot check of the image
+# The image build, its boot check and the infra suites join `test` once a full run of them has passed end to end
+# (see README "What is verified where"); until then they are run by hand: make image image-check test-infra.
+test: lint test-app ## Everything CI runs: lint (incl. packer validate) and the app tests

@@ -18,7 +18,7 @@ cloud-init clean --logs --seed >/dev/null 2>&1 || cloud-init clean --logs
 rm -f /var/lib/dbus/machine-id /var/lib/systemd/random-seed /var/lib/systemd/credential.secret
 rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
 rm -rf /root/.ssh /root/.bash_history /root/.cache /root/.wget-hsts /root/.lesshst
-rm -f /etc/sudoers.d/90-cloud-init-users
+# The build user's sudoers entry stays until the shutdown command, which needs it to delete the user.
 apt-get clean
 rm -rf /var/lib/apt/lists/*
 # Logs of the build must not reappear in the image (the DO image check warns on them).

@@ -22,13 +22,17 @@ for name in cache queue; do
   systemctl is-active -q "$unit" || act systemctl start "$unit"
 done
 if systemctl is-active -q supervisor.service; then
-  if wants reload supervisor; then act supervisorctl update; fi
+  # update is a no-op when nothing changed, and it also heals a run that died before reaching this step.
+  supervisorctl update >/dev/null
   if wants restart kiln-web; then act supervisorctl restart kiln-web; fi
 else
   act systemctl start supervisor.service
 fi
 if systemctl is-active -q nginx.service; then
-  if wants reload nginx; then nginx -t -q && act systemctl reload nginx.service; fi
+  if wants reload nginx; then
+    nginx -t -q || die "nginx -t rejects the configuration: the running nginx keeps the old one"
+    act systemctl reload nginx.service
+  fi
 else
   act systemctl start nginx.service
 fi

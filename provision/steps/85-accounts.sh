@@ -55,6 +55,7 @@ ensure_mode() { # ensure_mode MODE PATH...
     chmod "$mode" "$p"; changed "$p mode $mode"
   done
 }
+# After 84-services: dpkg resets /etc/cron.* to 0755 whenever a package it installs ships files there.
 ensure_mode 0600 /etc/crontab /boot/grub/grub.cfg /etc/ssh/sshd_config
 ensure_mode 0700 /etc/cron.d /etc/cron.hourly /etc/cron.daily /etc/cron.weekly /etc/cron.monthly /etc/cron.yearly
 ensure_mode 0640 /etc/shadow /etc/gshadow /etc/shadow- /etc/gshadow-

@@ -7,7 +7,7 @@
 # All mounts happen in a private mount namespace; a trap removes every mount and loop device, also on failure.
 # Cache: OUT.inputs holds a hash of every input; if it matches, OUT is reused and nothing is rebuilt.
 # Also writes OUT.vmlinuz (the image's kernel, for scripts/kvm-probe.sh).
-# Env: BASE_DISK_SIZE [4G], MIRROR (distro archive URL), FORCE=1 (rebuild even if cached).
+# Env: BASE_DISK_SIZE [4G], MIRROR (distro archive URL), SECURITY_MIRROR (its security archive), FORCE=1 (rebuild even if cached).
 #
 # Ubuntu 24.04: the same code path with archive.ubuntu.com; it fails clearly where that archive is unreachable.
 # To build Ubuntu from the official cloud image instead, give packer base_image_url/base_image_checksum
@@ -25,12 +25,18 @@ common_pkgs=(systemd-sysv udev dbus openssh-server sudo cloud-init cloud-guest-u
 case $distro in
   debian-13)
     suite=trixie mirror=${MIRROR:-http://deb.debian.org/debian} components=main
+    # Security and point-release updates from the start, as on an official cloud image: the packages in the disk are
+    # current, and unattended-upgrades has an archive to take security fixes from.
+    extra_sources=("deb $mirror $suite-updates $components"
+                   "deb ${SECURITY_MIRROR:-http://security.debian.org/debian-security} $suite-security $components")
     # trixie: networkd ships in systemd, resolved in systemd-resolved; cloud-init renders networkd config.
     pkgs=(linux-image-cloud-amd64 "${common_pkgs[@]}")
     keyring=/usr/share/keyrings/debian-archive-keyring.gpg
     ;;
   ubuntu-24.04)
     suite=noble mirror=${MIRROR:-http://archive.ubuntu.com/ubuntu} components=main,universe
+    extra_sources=("deb $mirror $suite-updates ${components//,/ }"
+                   "deb ${SECURITY_MIRROR:-http://security.ubuntu.com/ubuntu} $suite-security ${components//,/ }")
     # noble: networkd is part of systemd; netplan is Ubuntu's renderer (cloud-init writes netplan yaml).
     pkgs=(linux-image-virtual netplan.io "${common_pkgs[@]}")
     keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg
@@ -39,7 +45,7 @@ case $distro in
 esac
 
 # Cache key: this script, distro, mirror, packages, size. (The archive moves on; FORCE=1 or deleting OUT rebuilds.)
-key=$( { sha256sum "$0" | cut -d' ' -f1; echo "$distro $suite $mirror $components $size ${pkgs[*]}"; } | sha256sum | cut -d' ' -f1)
+key=$( { sha256sum "$0" | cut -d' ' -f1; echo "$distro $suite $mirror $components $size ${pkgs[*]} ${extra_sources[*]}"; } | sha256sum | cut -d' ' -f1)
 if [ -z "${FORCE:-}" ] && [ -s "$out" ] && [ -s "$out.vmlinuz" ] && [ "$(cat "$out.inputs" 2>/dev/null)" = "$key" ]; then
   echo "build-base-disk: cached $out (inputs $key)"
   exit 0
@@ -79,7 +85,7 @@ env -u PIP_FIND_LINKS -u PIP_CERT -u PIP_DEFAULT_TIMEOUT mmdebstrap --variant=mi
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
   --customize-hook='chroot "$1" systemctl enable systemd-networkd systemd-resolved ssh' \
   --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*_key*' \
-  "$suite" "$work/rootfs" "$mirror" >"$work/mmdebstrap.log" 2>&1 || {
+  "$suite" "$work/rootfs" "deb $mirror $suite ${components//,/ }" "${extra_sources[@]}" >"$work/mmdebstrap.log" 2>&1 || {
     tail -40 "$work/mmdebstrap.log" >&2; exit 1; }
 echo "build-base-disk: rootfs done in $(( $(date +%s) - t0 ))s"
 

@@ -17,3 +17,10 @@ PKG_BUILD_DEPS=(build-essential default-libmysqlclient-dev pkg-config python3-de
 PKG_APP_RUNTIME=(libmariadb3)
 # nginx >= 1.25.1 syntax for HTTP/2
 NGINX_HTTP2_DIRECTIVE="http2 on;"
+# The security archive (deb822), added by 10-base when the apt sources have none
+SECURITY_SOURCES_FILE=/etc/apt/sources.list.d/debian-security.sources
+SECURITY_SOURCES="Types: deb
+URIs: http://security.debian.org/debian-security
+Suites: trixie-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg"

@@ -16,3 +16,10 @@ PKG_BUILD_DEPS=(build-essential default-libmysqlclient-dev pkg-config python3-de
 PKG_APP_RUNTIME=(libmysqlclient21)
 # nginx 1.24 has no `http2 on;` (added in 1.25.1); `listen ... http2` would need a different listen line: skip HTTP/2.
 NGINX_HTTP2_DIRECTIVE=""
+# The security archive (deb822), added by 10-base when the apt sources have none
+SECURITY_SOURCES_FILE=/etc/apt/sources.list.d/ubuntu-security.sources
+SECURITY_SOURCES="Types: deb
+URIs: http://security.ubuntu.com/ubuntu
+Suites: noble-security
+Components: main universe
+Signed-By: /usr/share/keyrings/ubuntu-archive-keyring.gpg"

@@ -18,6 +18,15 @@ if [ -n "${KILN_BUILD_CA_DIR:-}" ]; then
   fi
 fi
 
+# The distro's security archive, before anything is installed (so packages come with their security fixes).
+# Official cloud images carry it; a bare debootstrap or an old box may not.
+if ! grep -rqsE -- '-security' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  if printf '%s\n' "$SECURITY_SOURCES" | write_file "$SECURITY_SOURCES_FILE" 0644 root:root; then
+    rm -f /var/lib/apt/lists/.kiln-updated   # apt_install must fetch the new archive's lists
+    warn "the apt sources had no security archive: added $SECURITY_SOURCES_FILE"
+  fi
+fi
+
 apt_install "${PKG_BASE[@]}"
 
 # Time zone UTC, locale C.UTF-8 (built into glibc: no locale package needed).

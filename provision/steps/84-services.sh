@@ -34,22 +34,11 @@ if ! grep -qx 'ENABLED="true"' /etc/default/sysstat; then
 fi
 svc_enable sysstat.service || true
 
-# Security updates: 10-base installs unattended-upgrades + 20auto-upgrades; verify it, and that the distro's
-# security archive is configured at all (without it "no pending security updates" means nothing).
+# Security updates: 10-base configures the security archive, unattended-upgrades and 20auto-upgrades; verify them.
 pkg_installed unattended-upgrades || die "unattended-upgrades is not installed (10-base should install it)"
 aptconf=$(apt-config dump 2>/dev/null)
 grep -q '^APT::Periodic::Unattended-Upgrade "1"' <<<"$aptconf" \
   || die "APT::Periodic::Unattended-Upgrade is not enabled"
-if ! grep -rqsE 'security\.debian\.org|debian-security|-security' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-  case $KILN_DISTRO in
-    debian-*)
-      # shellcheck disable=SC1091
-      codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
-      printf 'Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: %s-security\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-        "$codename" | write_file /etc/apt/sources.list.d/debian-security.sources 0644 root:root || true
-      warn "no security archive was configured: added debian-security ($codename-security)"
-      ;;
-    *) warn "no -security suite in the apt sources: unattended-upgrades has nothing to install" ;;
-  esac
-fi
+grep -rqsE -- '-security' /etc/apt/sources.list /etc/apt/sources.list.d/ \
+  || die "no -security suite in the apt sources (10-base adds one): unattended-upgrades would have nothing to install"
 log "fail2ban(sshd, systemd backend), apparmor, auditd, timesyncd, sysstat, debsums; unattended-upgrades verified"

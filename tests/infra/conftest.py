@@ -8,7 +8,8 @@ Targets:
   * any host: pytest tests/infra --hosts=ssh://admin@203.0.113.7 [--ssh-config=FILE] --sudo
     (tests that need Vagrant itself - `vagrant provision` in test_idempotence - are skipped then).
 
-Order: state, http, security basics, jobs, restart, reboot, idempotence (disruptive last).
+Order: state, http, security basics, hardening (Lynis: ~10 min under TCG), jobs, restart, reboot, idempotence
+(disruptive last).
 Environment: KILN_DESTROY=1, KILN_RESTART_TIMEOUT (seconds for a killed service to serve again) [10],
 KILN_BOOT_TIMEOUT (seconds for a reboot) [300].
 """
@@ -30,6 +31,7 @@ ORDER = [
     "test_state",
     "test_http",
     "test_security_basics",
+    "test_hardening",
     "test_jobs",
     "test_restart",
     "test_reboot",

@@ -1,0 +1,75 @@
+"""Hardening, measured: what answers from outside, the TLS offer, Django's deploy check, the Lynis index.
+
+The port scan and the TLS check run on the machine running pytest against the target's address (they refuse any
+address routed through a gateway: a Vagrant VM on its libvirt bridge is fine, a remote droplet is skipped).
+Lynis runs inside the target over the same ssh-config; its report is kept in .vagrant/lynis/.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kilnlib import app_python
+
+ROOT = Path(__file__).resolve().parents[2]
+HARDENING = ROOT / "tests" / "hardening"
+LYNIS_THRESHOLD = int(os.environ.get("KILN_LYNIS_THRESHOLD", "85"))
+
+
+def _ssh_dest(request, host) -> tuple[list[str], str]:
+    """(ssh options, destination) for the target testinfra talks to."""
+    opts = ["-F", request.config.option.ssh_config] if request.config.option.ssh_config else []
+    return opts, host.backend.host.name
+
+
+@pytest.fixture(scope="module")
+def target_addr(request, host) -> str:
+    opts, dest = _ssh_dest(request, host)
+    res = subprocess.run(["ssh", *opts, "-G", dest], capture_output=True, text=True, check=True)
+    addr = next(line.split()[1] for line in res.stdout.splitlines() if line.startswith("hostname "))
+    route = subprocess.run(["ip", "route", "get", addr], capture_output=True, text=True).stdout
+    first = route.splitlines()[0] if route else ""
+    if not first or " via " in first:
+        pytest.skip(f"{addr} is routed through a gateway ({route.strip()}): scans only target local test VMs")
+    return addr
+
+
+def _run(cmd: list[str], timeout: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    print(res.stdout[-6000:], res.stderr[-3000:], sep="\n")  # shown by pytest when the test fails
+    return res
+
+
+def test_only_ssh_http_https_answer_from_outside(target_addr):
+    res = _run([str(HARDENING / "port-scan.sh"), target_addr, "22 80 443"], timeout=600)
+    assert res.returncode == 0, f"port scan of {target_addr} found unexpected open/closed ports (output above)"
+
+
+def test_tls_is_mozilla_intermediate_with_security_headers(target_addr):
+    res = _run([str(HARDENING / "tls-check.sh"), target_addr, "443"], timeout=300)
+    assert res.returncode == 0, f"TLS/header check of {target_addr}:443 failed (output above)"
+
+
+def test_django_deploy_check_is_clean(host):
+    found = app_python(
+        host,
+        "from django.core import checks\n"
+        "msgs = checks.run_checks(include_deployment_checks=True)\n"
+        "print(json.dumps([f'{m.id}: {m.msg}' for m in msgs if m.level >= checks.WARNING]))\n",
+    )
+    assert found == [], f"manage.py check --deploy reports: {found}"
+
+
+def test_lynis_hardening_index_meets_target(request, host):
+    opts, dest = _ssh_dest(request, host)
+    outdir = ROOT / ".vagrant" / "lynis"
+    res = _run(
+        [str(HARDENING / "lynis.sh"), "-t", str(LYNIS_THRESHOLD), "-o", str(outdir), f"ssh:{dest}"],
+        timeout=1800,
+        env={"LYNIS_SSH_OPTS": " ".join(opts)},
+    )
+    assert res.returncode == 0, f"Lynis below {LYNIS_THRESHOLD} or unwaived findings (output above, report in {outdir})"

@@ -47,7 +47,8 @@ image: ## Build the VPS qcow2 + Vagrant box + manifest into build/$(DISTRO)/ (in
 	$(call stage,image $(DISTRO),packer/scripts/build.sh)
 
 .PHONY: image-check
-image-check: ## Boot the built qcow2 twice with plain QEMU + NoCloud: /readyz 200, HTTPS admin, per-instance secrets
+image-check: ## Image hygiene (DigitalOcean rules, stricter), then boot the qcow2 twice with QEMU + NoCloud
+	$(call stage,image hygiene,tests/image/hygiene-check.sh)
 	$(call stage,boot check,tests/image/boot-check.sh)
 
 .PHONY: test-provision

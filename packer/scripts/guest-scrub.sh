@@ -11,6 +11,17 @@ if [ -n "$left" ]; then
   find /usr/local/share/ca-certificates -mindepth 1 -delete
   update-ca-certificates --fresh >/dev/null
 fi
+# Writers that would otherwise put state or logs into the image between this scrub and the power-off:
+# fail2ban and auditd logs (auditd refuses `systemctl stop`: TERM is its clean shutdown), the journal (relinquished
+# to /run until the next boot flushes it to a fresh machine-id folder), and systemd-random-seed, which saves a seed
+# when it is stopped at shutdown (stopped now, so the seed file removed below stays removed).
+systemctl stop fail2ban.service sysstat-collect.timer sysstat-summary.timer 2>/dev/null || true
+if pid=$(pidof auditd); then
+  kill -TERM "$pid"
+  for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+fi
+systemctl stop systemd-random-seed.service 2>/dev/null || true
+journalctl --relinquish-var 2>/dev/null || true
 rm -rf /tmp/kiln /tmp/kiln-manifest /tmp/kiln-manifest.tar /tmp/readyz.json
 # Per-instance identity: a fresh machine-id, SSH host keys and cloud-init run on the first real boot.
 cloud-init clean --logs --seed >/dev/null 2>&1 || cloud-init clean --logs
@@ -22,9 +33,7 @@ rm -rf /root/.ssh /root/.bash_history /root/.cache /root/.wget-hsts /root/.lessh
 apt-get clean
 rm -rf /var/lib/apt/lists/*
 # Logs of the build must not reappear in the image (the DO image check warns on them).
-journalctl --rotate >/dev/null 2>&1 || true
-journalctl --vacuum-time=1s >/dev/null 2>&1 || true
-rm -rf /var/log/journal/*/* 2>/dev/null || true
+rm -rf /var/log/journal/*/ 2>/dev/null || true
 find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
 find /var/log -type f -exec truncate -s 0 {} +
 rm -rf /var/tmp/* 2>/dev/null || true

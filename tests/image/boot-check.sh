@@ -152,7 +152,9 @@ inspect() { # inspect NAME: HTTPS admin login page, identity over SSH -> $work/N
   # shellcheck disable=SC2016
   vssh 'sudo sh -c '\''
     for u in vagrant kilnbuild; do getent passwd $u >/dev/null && echo "user $u exists"; done
-    [ -e /root/.ssh/authorized_keys ] && echo "/root/.ssh/authorized_keys exists"
+    # cloud-init (disable_root) gives root the seed keys behind a command= that only says "log in as kilncheck".
+    [ -e /root/.ssh/authorized_keys ] && grep -v "^no-port-forwarding.*command=" /root/.ssh/authorized_keys | grep -q . \
+      && echo "/root/.ssh/authorized_keys holds a usable key"
     ls /usr/local/share/ca-certificates | grep -q . && echo "build CA certificates left: $(ls /usr/local/share/ca-certificates)"
     systemctl list-units --state=failed --no-legend --plain | grep . | sed "s/^/failed unit: /"
     true

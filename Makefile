@@ -60,6 +60,5 @@ test-infra: deps ## testinfra suites against the Vagrant VM booted from the bake
 	$(call stage,infra suites,KILN_INFRA_VENV=$(VENV) KILN_DESTROY=1 tests/vagrant/run-infra.sh)
 
 .PHONY: test
-# The image build, its boot check and the infra suites join `test` once a full run of them has passed end to end
-# (see README "What is verified where"); until then they are run by hand: make image image-check test-infra.
-test: lint test-app ## Everything CI runs: lint (incl. packer validate) and the app tests
+# CI runs exactly this (.ci/run): ~2 min lint + app tests, ~17 min image, ~8 min image checks, ~25 min infra suites.
+test: lint test-app image image-check test-infra ## Everything CI runs: lint, app tests, image, image checks, infra suites

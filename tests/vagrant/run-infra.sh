@@ -12,6 +12,12 @@ start=$(date +%s)
 "$root/tests/vagrant/host-setup.sh"
 distro=${KILN_DISTRO:-debian-13}
 if [ -z "${KILN_BOX:-}" ] && compgen -G "build/$distro/*.box" >/dev/null; then
+  # A VM left from an older box would be tested instead of the new image, and its disk is backed by the box volume
+  # that box-add replaces: destroy it first.
+  if "$root/tests/vagrant/box-add.sh" --check && [ -f .vagrant/machines/default/libvirt/id ]; then
+    echo "run-infra: the box changed: destroying the existing VM" >&2
+    vagrant destroy -f >/dev/null
+  fi
   "$root/tests/vagrant/box-add.sh"
 fi
 venv=${KILN_INFRA_VENV:-$root/.vagrant/infra-venv}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# step: firewall: ufw default-deny inbound, allow 22/80/443 (v4+v6), enabled at boot; active now when booted
+# step: firewall: ufw default-deny inbound, allow 22/80/443 (v4+v6), enabled at boot; active now when booted;
+#       no LLMNR/mDNS responders
 set -euo pipefail
 # shellcheck source=provision/lib/common.sh
 . "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
@@ -53,6 +54,11 @@ if ! grep -qx 'ENABLED=yes' /etc/ufw/ufw.conf; then
 fi
 svc_enable ufw.service || true
 if put etc/systemd/system/ufw.service.d/kiln.conf; then need_restart daemon-reload; fi
+
+# Nothing listening that nobody needs: systemd-resolved's LLMNR/mDNS responders off.
+if put etc/systemd/resolved.conf.d/90-kiln.conf && booted; then
+  systemctl try-restart systemd-resolved.service || warn "systemd-resolved did not restart (applies at boot)"
+fi
 
 # In a booted VM, activate now (22 is allowed first, so an SSH build session survives). Not in a container:
 # there the rules would land in the container's netns only and prove nothing.

@@ -38,7 +38,8 @@ case $TARGET in
     read -r -a sshopts <<<"${LYNIS_SSH_OPTS:-}"
     rsh() { ssh "${sshopts[@]}" -o BatchMode=yes "$dest" "$@"; }
     env_desc="ssh $dest: $(rsh 'uname -r; systemd-detect-virt' | paste -sd' ')"
-    rsh 'command -v lynis >/dev/null || sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q lynis >/dev/null' \
+    # An image ships without apt lists (cleanup.sh): fetch them before installing.
+    rsh 'command -v lynis >/dev/null || { sudo apt-get update -q >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q lynis >/dev/null; }' \
       || { echo "lynis: could not install lynis on $dest" >&2; exit 2; }
     echo "lynis: auditing $dest (under TCG this takes 8-10 minutes)" >&2
     rsh "sudo lynis ${LYNIS_ARGS[*]}" >"$WORK/lynis.out" 2>&1 || true

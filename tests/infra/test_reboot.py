@@ -24,7 +24,10 @@ BOOT_TIMEOUT = float(os.environ.get("KILN_BOOT_TIMEOUT", "300"))
 
 
 def _reachable_boot_id(host):
-    res = host.run("cat /proc/sys/kernel/random/boot_id")
+    try:
+        res = host.run("cat /proc/sys/kernel/random/boot_id")
+    except RuntimeError:  # testinfra raises on ssh's own failure (rc 255): the VM is still rebooting
+        return None
     return res.stdout.strip() if res.rc == 0 else None
 
 

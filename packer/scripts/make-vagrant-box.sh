@@ -49,6 +49,14 @@ unshare -m --propagation private -- bash -euo pipefail -c '
   printf "vagrant ALL=(ALL) NOPASSWD:ALL\nDefaults:vagrant !requiretty\n" >"$mnt/etc/sudoers.d/vagrant"
   chmod 0440 "$mnt/etc/sudoers.d/vagrant"
   chroot "$mnt" visudo -cqf /etc/sudoers.d/vagrant
+  # The image allows no TCP forwarding; vagrant-libvirt forwards the box ports with `ssh -L` as vagrant.
+  printf "\n# Vagrant box only (make-vagrant-box.sh): port forwards for vagrant-libvirt.\nMatch User vagrant\n    AllowTcpForwarding local\n" \
+    >>"$mnt/etc/ssh/sshd_config"
+  # Validate the result with a throw-away host key (the image has none until its first boot).
+  mkdir -p "$mnt/run/sshd" && ssh-keygen -q -t ed25519 -N "" -f "$mnt/run/kiln-box-hostkey"
+  chroot "$mnt" sshd -t -h /run/kiln-box-hostkey
+  [ "$(chroot "$mnt" sshd -T -h /run/kiln-box-hostkey -C user=vagrant,host=h,addr=192.0.2.1 | grep -i "^allowtcpforwarding")" = "allowtcpforwarding local" ]
+  rm -rf "$mnt/run/sshd" "$mnt"/run/kiln-box-hostkey*
   # No cloud datasource under Vagrant: make sure the first NIC gets DHCP even if cloud-init renders nothing.
   mkdir -p "$mnt/etc/systemd/network"
   printf "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n" >"$mnt/etc/systemd/network/99-vagrant-dhcp.network"

@@ -7,6 +7,9 @@ set -euo pipefail
 apt_install "${PKG_REDIS[@]}"
 # The stock single instance would take port 6379: stop, disable and mask it.
 svc_mask redis-server.service || true
+# Its config goes too: a password-less, CONFIG-enabled Redis must not be one `systemctl unmask` away, and audits
+# (Lynis DBS-18xx) must not judge a config that no running instance uses.
+remove_path /etc/redis/redis.conf
 
 if put etc/systemd/system/redis-server@.service.d/kiln.conf; then need_restart daemon-reload; fi
 for name in cache queue; do

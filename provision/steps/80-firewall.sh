@@ -34,6 +34,14 @@ ufw_default() { # ufw_default incoming|outgoing|routed POLICY(DROP|ACCEPT)
     changed "ufw default $word $1"
   fi
 }
+# ufw applies its own sysctl file at every start, which resets log_martians to 0 and would silently undo the
+# hardening sysctls: point it at Kiln's file instead, so there is one set of kernel settings.
+if ! grep -qx 'IPT_SYSCTL=/etc/sysctl.d/90-kiln-hardening.conf' /etc/default/ufw; then
+  sed -i 's|^IPT_SYSCTL=.*|IPT_SYSCTL=/etc/sysctl.d/90-kiln-hardening.conf|' /etc/default/ufw
+  grep -qx 'IPT_SYSCTL=/etc/sysctl.d/90-kiln-hardening.conf' /etc/default/ufw \
+    || echo 'IPT_SYSCTL=/etc/sysctl.d/90-kiln-hardening.conf' >>/etc/default/ufw
+  changed "ufw applies /etc/sysctl.d/90-kiln-hardening.conf (not /etc/ufw/sysctl.conf)"
+fi
 ufw_default incoming DROP
 ufw_default outgoing ACCEPT
 ufw_default routed DROP

@@ -72,9 +72,36 @@ def test_gunicorn_restarts_after_kill(host, restart_timeout):
         f"kiln-web served 200 again only after {took:.1f}s (> {restart_timeout}s); "
         f"pid {before.pid} -> {after.pid}\n{tail(host, WEB_LOG, 15)}"
     )
-    # no orphaned gunicorn workers of the dead master
-    orphans = out(host, "pgrep -P 1 -f 'gunicorn kiln.wsgi' || true")
-    assert not orphans, f"orphaned gunicorn processes: {orphans}\n{out(host, 'ps -ef | grep [g]unicorn')}"
+    # the dead master's workers must go, not linger re-parented to init holding memory and database connections
+    wait_for(
+        lambda: not unmanaged_app_processes(host, main_pid(host, "supervisor")),
+        # left alone, idle sync workers would notice the dead master only after --timeout/2 = 30 s
+        10,
+        1,
+        "the killed master's workers gone",
+        evidence=lambda: "\n".join(unmanaged_app_processes(host, main_pid(host, "supervisor"))),
+    )
+
+
+def unmanaged_app_processes(host, supervisord: int) -> list[str]:
+    """gunicorn/rqworker processes that are not descendants of `supervisord` (as `ps` lines)."""
+    procs = {}
+    for line in out(host, "ps -eo pid=,ppid=,args=").splitlines():
+        pid, ppid, args = line.split(None, 2)
+        procs[int(pid)] = (int(ppid), args)
+
+    def managed(pid: int) -> bool:
+        while pid > 1:
+            if pid == supervisord:
+                return True
+            pid = procs.get(pid, (1, ""))[0]
+        return False
+
+    return [
+        f"{pid} ppid={ppid} {args}"
+        for pid, (ppid, args) in procs.items()
+        if ("gunicorn kiln.wsgi" in args or "rqworker" in args) and not managed(pid)
+    ]
 
 
 def test_each_rq_worker_restarts_after_kill(host, restart_timeout):
@@ -104,12 +131,10 @@ def test_supervisord_is_restarted_by_systemd_with_its_programs(host, restart_tim
         evidence=lambda: supervisor_text(host),
     )
     wait_http_ok(host, "/readyz", timeout=60)
-    # the old programs (orphaned by the dead supervisord) must not linger and hold the socket / jobs
-    dupes = out(
-        host, "pgrep -c -f '^/srv/kiln/current/venv/bin/python[0-9.]* /srv/kiln/current/venv/bin/gunicorn' || true"
-    )
-    masters = out(host, "ps -eo ppid,pid,args | awk '$3 ~ /gunicorn/ && $1 == 1' || true")
-    assert not masters.strip(), f"gunicorn re-parented to init after supervisord died:\n{masters}\n({dupes})"
+    # the old programs of the dead supervisord must not linger (holding the pid file, the socket, jobs): every
+    # gunicorn and rq worker process descends from the new supervisord
+    strays = unmanaged_app_processes(host, main_pid(host, "supervisor"))
+    assert not strays, "app processes outside the new supervisord:\n" + "\n".join(strays)
     print(f"supervisord back with programs serving in {time.monotonic() - t0:.1f}s")
 
 

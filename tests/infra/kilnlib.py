@@ -121,6 +121,24 @@ def worker_names(host) -> list[str]:
     return sorted(n for n in supervisor_status(host) if n.startswith("kiln-worker"))
 
 
+@dataclass
+class Proc:
+    user: str
+    pid: int
+    ppid: int
+    args: str
+
+
+def app_processes(host) -> list[Proc]:
+    """The app's processes (gunicorn, rq workers, manage.py) from `ps`, without the ps command itself."""
+    procs = []
+    for line in host.run("ps -eo user:20=,pid=,ppid=,args=").stdout.splitlines():
+        user, pid, ppid, args = line.split(None, 3)
+        if re.search(r"gunicorn|rqworker|manage\.py", args) and "ps -eo" not in args:
+            procs.append(Proc(user, int(pid), int(ppid), args))
+    return procs
+
+
 def all_running(host, names) -> bool:
     st = supervisor_status(host)
     return all(n in st and st[n].state == "RUNNING" for n in names)

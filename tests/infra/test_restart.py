@@ -7,6 +7,7 @@ import pytest
 from kilnlib import (
     WEB_LOG,
     all_running,
+    app_processes,
     http,
     journal,
     main_pid,
@@ -84,24 +85,15 @@ def test_gunicorn_restarts_after_kill(host, restart_timeout):
 
 
 def unmanaged_app_processes(host, supervisord: int) -> list[str]:
-    """gunicorn/rqworker processes that are not descendants of `supervisord` (as `ps` lines)."""
-    procs = {}
-    for line in out(host, "ps -eo pid=,ppid=,args=").splitlines():
-        pid, ppid, args = line.split(None, 2)
-        procs[int(pid)] = (int(ppid), args)
+    """App processes that do not descend from `supervisord`, as text."""
+    parent = {int(pid): int(ppid) for pid, ppid in (ln.split() for ln in out(host, "ps -eo pid=,ppid=").splitlines())}
 
     def managed(pid: int) -> bool:
-        while pid > 1:
-            if pid == supervisord:
-                return True
-            pid = procs.get(pid, (1, ""))[0]
-        return False
+        while pid > 1 and pid != supervisord:
+            pid = parent.get(pid, 1)
+        return pid == supervisord
 
-    return [
-        f"{pid} ppid={ppid} {args}"
-        for pid, (ppid, args) in procs.items()
-        if ("gunicorn kiln.wsgi" in args or "rqworker" in args) and not managed(pid)
-    ]
+    return [f"{p.pid} ppid={p.ppid} {p.args}" for p in app_processes(host) if not managed(p.pid)]
 
 
 def test_each_rq_worker_restarts_after_kill(host, restart_timeout):

@@ -1,10 +1,8 @@
 """A freshly booted Kiln server: packages, services, supervisor programs, sockets, file modes, users."""
 
-import re
-
 import pytest
 
-from kilnlib import SERVICES, SOCKET, out, supervisor_text, unit_evidence, wait_for, worker_names
+from kilnlib import SERVICES, SOCKET, app_processes, out, supervisor_text, unit_evidence, wait_for, worker_names
 
 PACKAGES = ["nginx", "mariadb-server", "redis-server", "supervisor", "python3-venv", "openssl", "curl"]
 
@@ -116,12 +114,12 @@ def test_redis_configs_are_not_world_readable_with_passwords(host):
 
 
 def test_app_processes_do_not_run_as_root(host):
-    ps = host.run("ps -eo user:20,pid,ppid,args").stdout
-    app = [ln for ln in ps.splitlines() if re.search(r"gunicorn|rqworker|manage\.py", ln) and "ps -eo" not in ln]
-    assert app, f"no app processes found:\n{ps}"
-    root = [ln for ln in app if ln.split()[0] == "root"]
-    assert not root, "app processes running as root:\n" + "\n".join(root)
-    assert all(ln.split()[0] == "kiln" for ln in app), "\n".join(app)
+    app = app_processes(host)
+    shown = "\n".join(f"{p.user} {p.pid} {p.ppid} {p.args}" for p in app)
+    assert app, f"no app processes found:\n{host.run('ps -eo user:20,pid,ppid,args').stdout}"
+    root = [p for p in app if p.user == "root"]
+    assert not root, f"app processes running as root:\n{shown}"
+    assert all(p.user == "kiln" for p in app), shown
 
 
 def test_release_symlink_and_stamp(host):

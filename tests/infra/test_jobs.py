@@ -151,9 +151,10 @@ def test_worker_killed_mid_job_requeues_or_fails_the_job_never_loses_it(host):
     st = started(host, 20, retries=1)
     job_id, pid = st["id"], st["worker"]["pid"]
     name = _proc_of_pid(host, pid)
-    horse = out(host, f"pgrep -P {pid} || true")
-    # the worker and its work horse (own process group) die at once, as in an OOM kill
-    sh(host, f"kill -9 {pid} {horse}")
+    # its children: the work horse (own process group) and, with --with-scheduler, the scheduler process
+    children = " ".join(out(host, f"pgrep -P {pid} || true").split())
+    # the worker and its children die at once, as in an OOM kill
+    sh(host, f"kill -9 {pid} {children}")
     wait_for(
         lambda: (p := supervisor_status(host).get(name)) and p.pid != pid and p.state == "RUNNING",
         60,

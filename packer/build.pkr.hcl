@@ -62,10 +62,11 @@ build {
     ]
   }
 
-  # Services must survive a restart, not only their first start.
+  # Services must survive a restart, not only their first start. The script waits for the disconnect: returning
+  # at once let Packer run the next step over the still-open connection while the old boot was shutting down.
   provisioner "shell" {
     execute_command   = local.sudo_exec
-    inline            = ["echo '==> reboot'; systemctl --no-block reboot"]
+    inline            = ["echo '==> reboot'; systemctl --no-block reboot; sleep 900; echo 'no reboot within 900 s' >&2; exit 1"]
     expect_disconnect = true
   }
 

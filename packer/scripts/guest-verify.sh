@@ -8,6 +8,11 @@ deadline=$(( $(date +%s) + timeout ))
 echo "==> verify: boot state"
 state=$(timeout "$timeout" systemctl is-system-running --wait 2>/dev/null || true)
 echo "    system: ${state:-unknown} (uptime $(cut -d' ' -f1 /proc/uptime)s)"
+# How the app stopped in the shutdown before this boot: a program that ignores its stop signal delays every reboot
+# by its stopwaitsecs (up to 360 s for an rq worker).
+journalctl -b -1 -u supervisor.service --no-pager -o short-precise 2>/dev/null \
+  | grep -E 'Stopping|received SIG|waiting for|stopped:|killed|timed out|Stopped|Deactivated' | tail -n 12 \
+  | sed 's/^/    last shutdown: /' || true
 
 problems() {
   local out="" u p st

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import time
 import uuid
 
@@ -114,3 +115,14 @@ def test_reboot_was_clean(host, rebooted):
     assert not rebooted["panicked"], "the guest kernel panicked during the reboot (recovered by a power cycle)"
     failed = host.run("systemctl --failed --no-legend --plain").stdout.strip()
     assert not failed, f"failed units after reboot:\n{failed}"
+
+
+def test_app_stopped_gracefully_in_the_shutdown_before(host, rebooted):
+    # A program that ignores its stop signal holds every reboot for its stopwaitsecs (360 s for a worker) and then
+    # loses its work to SIGKILL; systemd's own timeout (TimeoutStopSec) would cut supervisord down the same way.
+    log = host.run("journalctl -b -1 -u supervisor.service --no-pager -o short-precise").stdout
+    start = log.rfind("Stopping supervisor")
+    assert start >= 0, f"no supervisor stop in the previous boot's journal:\n{log[-2000:]}"
+    stop = log[start:]
+    forced = [line for line in stop.splitlines() if re.search(r"SIGKILL|timed out|Killing process", line)]
+    assert not forced and "Deactivated successfully" in stop, f"supervisor's stop at shutdown was forced:\n{stop}"

@@ -25,6 +25,8 @@ if systemctl is-active -q supervisor.service; then
   # update is a no-op when nothing changed, and it also heals a run that died before reaching this step.
   supervisorctl update >/dev/null
   if wants restart kiln-web; then act supervisorctl restart kiln-web; fi
+  # graceful: TERM, then up to stopwaitsecs for a running job to finish
+  if wants restart kiln-worker; then act supervisorctl restart 'kiln-worker:*'; fi
 else
   act systemctl start supervisor.service
 fi

@@ -100,6 +100,14 @@ def test_each_rq_worker_restarts_after_kill(host, restart_timeout):
     for name in worker_names(host):
         before, after, took = _program_comes_back(host, name, restart_timeout)
         assert took <= restart_timeout + 10, f"{name}: back after {took:.1f}s (pid {before.pid} -> {after.pid})"
+        # the killed worker's scheduler process (--with-scheduler) must not live on unmanaged, holding the lock
+        wait_for(
+            lambda: not unmanaged_app_processes(host, main_pid(host, "supervisor")),
+            15,
+            1,
+            f"{name}: the killed worker's children gone",
+            evidence=lambda: "\n".join(unmanaged_app_processes(host, main_pid(host, "supervisor"))),
+        )
 
 
 def test_supervisord_is_restarted_by_systemd_with_its_programs(host, restart_timeout):

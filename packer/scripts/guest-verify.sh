@@ -11,8 +11,10 @@ echo "    system: ${state:-unknown} (uptime $(cut -d' ' -f1 /proc/uptime)s)"
 # How the app stopped in the shutdown before this boot: a program that ignores its stop signal delays every reboot
 # by its stopwaitsecs (up to 360 s for an rq worker).
 journalctl -b -1 -u supervisor.service --no-pager -o short-precise 2>/dev/null \
-  | grep -E 'Stopping|received SIG|waiting for|stopped:|killed|timed out|Stopped|Deactivated' | tail -n 12 \
-  | sed 's/^/    last shutdown: /' || true
+  | sed -n '/Stopping supervisor/,$p' | grep -v 'waiting for' | tail -n 20 | sed 's/^/    last shutdown: /' || true
+for log in /var/log/kiln/worker-*.log; do
+  [ -r "$log" ] && grep -iE 'shut ?down|stopping|signal|cold|scheduler' "$log" | tail -n 6 | sed "s|^|    ${log##*/}: |"
+done
 
 problems() {
   local out="" u p st

@@ -73,13 +73,18 @@ def test_gunicorn_restarts_after_kill(host, restart_timeout):
         f"kiln-web served 200 again only after {took:.1f}s (> {restart_timeout}s); "
         f"pid {before.pid} -> {after.pid}\n{tail(host, WEB_LOG, 15)}"
     )
-    # the dead master's workers must go, not linger re-parented to init holding memory and database connections
+    # the dead master's workers must go, not linger re-parented to init holding memory and database connections;
+    # left alone, idle sync workers would notice the dead master only after --timeout/2 = 30 s
+    wait_no_strays(host, 10, "the killed master's workers gone")
+
+
+def wait_no_strays(host, timeout: float, what: str) -> None:
+    """Wait until every app process descends from the running supervisord (kiln-reap-group ended the rest)."""
     wait_for(
         lambda: not unmanaged_app_processes(host, main_pid(host, "supervisor")),
-        # left alone, idle sync workers would notice the dead master only after --timeout/2 = 30 s
-        10,
+        timeout,
         1,
-        "the killed master's workers gone",
+        what,
         evidence=lambda: "\n".join(unmanaged_app_processes(host, main_pid(host, "supervisor"))),
     )
 
@@ -101,13 +106,7 @@ def test_each_rq_worker_restarts_after_kill(host, restart_timeout):
         before, after, took = _program_comes_back(host, name, restart_timeout)
         assert took <= restart_timeout + 10, f"{name}: back after {took:.1f}s (pid {before.pid} -> {after.pid})"
         # the killed worker's scheduler process (--with-scheduler) must not live on unmanaged, holding the lock
-        wait_for(
-            lambda: not unmanaged_app_processes(host, main_pid(host, "supervisor")),
-            15,
-            1,
-            f"{name}: the killed worker's children gone",
-            evidence=lambda: "\n".join(unmanaged_app_processes(host, main_pid(host, "supervisor"))),
-        )
+        wait_no_strays(host, 15, f"{name}: the killed worker's children gone")
 
 
 def test_supervisord_is_restarted_by_systemd_with_its_programs(host, restart_timeout):

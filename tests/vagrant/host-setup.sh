@@ -4,7 +4,8 @@
 #   - makes /dev/kvm usable by libvirt's qemu user the way udev would (root:kvm 0660) when udev is absent
 #   - starts virtlogd/libvirtd by hand when no init system does (PID 1 is not systemd on CI hosts)
 #   - defines, starts and autostarts libvirt's `default` NAT network
-#   - prints the libvirt driver to use (kvm when a probe boot works, else qemu/TCG): tests/vagrant/detect-driver.sh
+#   - prints the libvirt driver to use (kvm when the image kernel boots under KVM, else qemu/TCG):
+#     tests/vagrant/detect-driver.sh -> packer/scripts/kvm-probe.sh
 # Usage: sudo tests/vagrant/host-setup.sh            (root)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

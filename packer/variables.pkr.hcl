@@ -106,6 +106,12 @@ variable "app_dir" {
   default = "../app"
 }
 
+variable "wheelhouse_dir" {
+  type        = string
+  default     = "../build/cache/debian-13-wheelhouse"
+  description = "The app's wheels for the target's Python (scripts/build-wheelhouse.sh); installed offline in the guest."
+}
+
 variable "ca_certs_dir" {
   type        = string
   default     = "/usr/local/share/ca-certificates"
@@ -131,5 +137,5 @@ variable "kiln_commit" {
 variable "readyz_timeout" {
   type        = number
   default     = 600
-  description = "Seconds the post-reboot check waits for services and GET /readyz 200."
+  description = "Seconds the post-provision check waits for services and GET /readyz 200."
 }

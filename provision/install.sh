@@ -8,6 +8,8 @@
 #   KILN_COMMIT         VCS commit recorded in /etc/kiln/release [default: unknown]
 #   KILN_BUILD_CA_DIR   directory of extra *.crt to trust while building (intercepting proxy / corporate CA);
 #                       installed to /usr/local/share/ca-certificates/kiln-build/, removed by provision/cleanup.sh
+#   KILN_WHEELHOUSE     directory of prebuilt wheels for the app's lock (packer/scripts/build-wheelhouse.sh): the
+#                       release venv is installed offline from it, without build deps [default: pip from PyPI]
 #   KILN_DISTRO         force the distro profile (debian-13 | ubuntu-24.04) [default: from /etc/os-release]
 set -euo pipefail
 umask 022

@@ -2,9 +2,12 @@
 # `make image`: build the Kiln VPS image and its Vagrant box for one distro. Run as root on a Debian/Ubuntu host.
 #   packer/scripts/build.sh                     # DISTRO=debian-13
 #   DISTRO=ubuntu-24.04 packer/scripts/build.sh
-# Stages (each prints its duration; all are recorded in the manifest):
-#   deps -> base disk (cached by inputs) -> accelerator probe -> seed -> packer (boot, provision, reboot, verify,
-#   cleanup, compress) -> vagrant box (loop-mount + chroot edit of a copy) -> manifest + SHA256SUMS
+# Stages (each prints its duration; all are recorded in the manifest, packer's phases too):
+#   deps -> base disk with the stack's distro packages || the app's wheelhouse (both native, in parallel, cached by
+#   inputs in build/cache) -> accelerator probe -> seed -> packer (boot, provision, verify, manifest, cleanup, scrub;
+#   its console watched for a panic or a stuck kernel) -> compress (all host cores) -> vagrant box (loop-mount +
+#   chroot edit of a copy) -> manifest + SHA256SUMS
+# What is CPU-heavy is done natively: under emulation (TCG) the same apt or compiler work takes ~12x as long.
 # Output: build/<distro>/ kiln-<distro>-<version>.qcow2, kiln-<distro>-<version>.libvirt.box, kiln-<distro>.box.json,
 #         kiln-<distro>-<version>.manifest.json, SHA256SUMS
 # Env:
@@ -16,6 +19,8 @@
 #   PROVISION_DIR   provisioner tree [<repo>/provision]; APP_DIR [<repo>/app]; CA_CERTS_DIR [/usr/local/share/ca-certificates]
 #   BASE_IMAGE_URL / BASE_IMAGE_CHECKSUM  use an official cloud image instead of building the base disk
 #   PACKER_LOG=1    packer debug log; NO_BOX=1 skips the Vagrant box; FORCE_BASE=1 rebuilds the base disk
+#   KILN_CACHE_DIR  base disk builder roots and wheelhouses [<BUILD_DIR>/cache]; STALL_SECONDS [90] no console output
+#                   before systemd starts = a stuck kernel
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
@@ -37,17 +42,20 @@ for d in "$PROVISION_DIR" "$APP_DIR"; do [ -d "$d" ] || { echo "build: missing $
 out=$BUILD_DIR/$DISTRO
 work=$BUILD_DIR/work/$DISTRO
 name=kiln-$DISTRO-$KILN_VERSION
+KILN_CACHE_DIR=${KILN_CACHE_DIR:-$BUILD_DIR/cache}
+export KILN_CACHE_DIR
+wheelhouse=$KILN_CACHE_DIR/$DISTRO-wheelhouse
 mkdir -p "$out" "$work"
 stages_file=$work/stages.tsv
 : >"$stages_file"
 build_start=$(date +%s)
-loop="" vmpid=""
+loop="" vmpid="" whpid=""
 
 cleanup() {
   local rc=$?
-  if [ -n "$vmpid" ] && kill -0 "$vmpid" 2>/dev/null; then kill "$vmpid" 2>/dev/null || true; fi
-  # packer kills its own QEMU on error/interrupt; make sure none of this build's is left.
   local p
+  for p in $vmpid $whpid; do kill "$p" 2>/dev/null || true; done
+  # packer kills its own QEMU on error/interrupt; make sure none of this build's is left.
   for p in $(pgrep -f "qemu-system-x86_64.*$work/" 2>/dev/null || true); do kill "$p" 2>/dev/null || true; done
   if [ -n "$loop" ]; then partx -d "$loop" 2>/dev/null || true; losetup -d "$loop" 2>/dev/null || true; fi
   rm -rf "$work/box" "$work/template" "$work/http"
@@ -69,7 +77,7 @@ stage() { # stage NAME CMD... : run, print and record the duration
 
 deps() {
   "$repo/tools/apt-ensure.sh" packer qemu-system-x86 qemu-utils mmdebstrap fdisk e2fsprogs util-linux \
-    debian-archive-keyring openssh-client curl jq genisoimage
+    debian-archive-keyring openssh-client curl jq genisoimage eatmydata systemd-container
   if [ "$DISTRO" = ubuntu-24.04 ] && [ -z "${BASE_IMAGE_URL:-}" ]; then "$repo/tools/apt-ensure.sh" ubuntu-keyring; fi
   packer version | head -1
 }
@@ -77,6 +85,21 @@ deps() {
 base_disk() {
   if [ -n "${BASE_IMAGE_URL:-}" ]; then echo "base: official image $BASE_IMAGE_URL"; return; fi
   FORCE=${FORCE_BASE:-} "$repo/packer/scripts/build-base-disk.sh" "$DISTRO" "$BUILD_DIR/base/$DISTRO.qcow2"
+}
+
+# Base disk and wheelhouse are independent and mostly download + native work: side by side on the host's cores.
+prepare() {
+  local t0 rc=0 dt
+  t0=$(date +%s)
+  "$repo/packer/scripts/build-wheelhouse.sh" "$DISTRO" "$APP_DIR" "$wheelhouse" >"$work/wheelhouse.log" 2>&1 &
+  whpid=$!
+  stage base-disk base_disk
+  wait "$whpid" || rc=$?
+  whpid=""
+  dt=$(( $(date +%s) - t0 ))
+  sed 's/^/    /' "$work/wheelhouse.log"
+  [ "$rc" -eq 0 ] || { echo "build: the wheelhouse failed (rc=$rc, log above)" >&2; return 1; }
+  printf 'wheelhouse (parallel to base-disk)\t%s\n' "$dt" >>"$stages_file"
 }
 
 probe() {
@@ -129,6 +152,7 @@ run_packer() {
     -var "ssh_private_key_file=$work/keys/build_key"
     -var "serial_log=$work/serial.log"
     -var "manifest_dir=$work/manifest"
+    -var "wheelhouse_dir=$wheelhouse"
     -var "provision_dir=$PROVISION_DIR"
     -var "app_dir=$APP_DIR"
     -var "ca_certs_dir=$CA_CERTS_DIR"
@@ -138,16 +162,64 @@ run_packer() {
   if [ -n "${BASE_IMAGE_URL:-}" ]; then
     args+=(-var "base_image_url=$BASE_IMAGE_URL" -var "base_image_checksum=${BASE_IMAGE_CHECKSUM:?set BASE_IMAGE_CHECKSUM}")
   fi
-  (cd "$work/template" && packer validate "${args[@]}" . && packer build -force -color=false "${args[@]}" .) \
-    2>&1 | tee "$work/packer.log"
+  (cd "$work/template" && packer validate "${args[@]}" .)
+  watch_console &
+  local watcher=$!
+  local rc=0
+  (cd "$work/template" && packer build -force -color=false -timestamp-ui "${args[@]}" .) 2>&1 | tee "$work/packer.log" \
+    || rc=$?
+  kill "$watcher" 2>/dev/null || true; wait "$watcher" 2>/dev/null || true
+  packer_phases "$work/packer.log" >>"$stages_file" || true
+  [ "$rc" -eq 0 ] || return "$rc"
   [ -s "$work/packer/$name.qcow2" ] || { echo "build: packer produced no $work/packer/$name.qcow2" >&2; return 1; }
-  mv -f "$work/packer/$name.qcow2" "$out/$name.qcow2"
-  rm -rf "$work/packer" "$work/keys"
-  echo "image: $out/$name.qcow2 ($(du -h "$out/$name.qcow2" | cut -f1))"
+  rm -rf "$work/keys"
+}
+
+# The build VM's console: a panic or a kernel that never gets to systemd is reported and ends the build at once.
+watch_console() {
+  local qpid=""
+  for _ in $(seq 1 300); do
+    qpid=$(pgrep -f "qemu-system-x86_64.*$work/serial.log" | head -1 || true)
+    [ -n "$qpid" ] && break
+    sleep 1
+  done
+  [ -n "$qpid" ] || exit 0
+  "$repo/packer/scripts/serial-watch.sh" "$work/serial.log" "$qpid" "${STALL_SECONDS:-90}"
+}
+
+# Seconds of each phase inside packer, from its -timestamp-ui log: what the emulated guest spends where.
+packer_phases() {
+  python3 - "$1" <<'PY'
+import re, sys, datetime
+marks = [("boot to ssh", r"Waiting for SSH|Starting VM|Copying hard drive"), ("upload", r"Uploading "),
+         ("provision/install.sh", r"==> provision/install.sh"), ("verify", r"==> verify"),
+         ("guest manifest", r"guest-manifest.sh"), ("cleanup.sh", r"==> provision/cleanup.sh"),
+         ("scrub", r"guest-scrub.sh"), ("shutdown", r"Gracefully halting"), ("end", r"Build '.*' finished")]
+seen, order = {}, []
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)Z?: ?(.*)", line)
+    if not m:
+        continue
+    t = datetime.datetime.fromisoformat(m.group(1))
+    for name, rx in marks:
+        if name not in seen and re.search(rx, m.group(2)):
+            seen[name] = t; order.append(name)
+for a, b in zip(order, order[1:]):
+    print(f"packer: {a}\t{int((seen[b] - seen[a]).total_seconds())}")
+PY
+}
+
+# One compression pass over packer's raw result, with all cores (qemu-img compresses clusters in parallel threads).
+# zlib, not zstd: providers' importers read zlib-compressed qcow2.
+compress() {
+  qemu-img convert -p -O qcow2 -c -m 8 -W "$work/packer/$name.qcow2" "$out/$name.qcow2.tmp" | tr '\r' '\n' | tail -1
+  mv -f "$out/$name.qcow2.tmp" "$out/$name.qcow2"
+  echo "image: $out/$name.qcow2 ($(du -h "$out/$name.qcow2" | cut -f1); uncompressed $(du -h "$work/packer/$name.qcow2" | cut -f1))"
 }
 
 box() {
-  "$repo/packer/scripts/make-vagrant-box.sh" "$out/$name.qcow2" "$out/$name.libvirt.box" "$work/box"
+  # From packer's uncompressed output: the box is re-compressed anyway, no need to inflate the VPS image again.
+  "$repo/packer/scripts/make-vagrant-box.sh" "$work/packer/$name.qcow2" "$out/$name.libvirt.box" "$work/box"
   local sum; sum=$(sha256sum "$out/$name.libvirt.box" | cut -d' ' -f1)
   jq -n --arg name "kiln/$DISTRO" --arg v "$KILN_VERSION" --arg url "file://$out/$name.libvirt.box" --arg sum "$sum" \
      --arg desc "Kiln $DISTRO image (commit $KILN_COMMIT)" \
@@ -164,11 +236,13 @@ manifest() {
 
 echo "==> kiln image build: DISTRO=$DISTRO KILN_VERSION=$KILN_VERSION KILN_COMMIT=$KILN_COMMIT out=$out"
 stage deps deps
-stage base-disk base_disk
+stage prepare prepare
 stage accel-probe probe
 stage seed seed
 stage packer run_packer
+stage compress compress
 if [ -z "${NO_BOX:-}" ]; then stage vagrant-box box; fi
+rm -rf "$work/packer"
 stage manifest manifest
 printf '\n==> build done in %ss:\n' "$(( $(date +%s) - build_start ))"
 column -t -s $'\t' "$stages_file" 2>/dev/null || cat "$stages_file"

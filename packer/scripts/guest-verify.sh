@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs in the build VM (root) after the reboot: every expected service is active, nothing failed, and
+# Runs in the build VM (root) once provision/install.sh is done: every expected service is active, nothing failed, and
 # GET http://127.0.0.1/readyz through nginx answers 200. Retries until READYZ_TIMEOUT, then fails with diagnostics.
 # Env: CHECK_UNITS (systemd units), CHECK_PROGRAMS (supervisor programs), READYZ_TIMEOUT [600].
 set -uo pipefail
@@ -8,14 +8,6 @@ deadline=$(( $(date +%s) + timeout ))
 echo "==> verify: boot state"
 state=$(timeout "$timeout" systemctl is-system-running --wait 2>/dev/null || true)
 echo "    system: ${state:-unknown} (uptime $(cut -d' ' -f1 /proc/uptime)s)"
-# How the app stopped in the shutdown before this boot: a program that ignores its stop signal delays every reboot
-# by its stopwaitsecs (up to 360 s for an rq worker).
-journalctl -b -1 -u supervisor.service --no-pager -o short-precise 2>/dev/null \
-  | sed -n '/Stopping supervisor/,$p' | grep -v 'waiting for' | tail -n 20 | sed 's/^/    last shutdown: /' || true
-for log in /var/log/kiln/worker-*.log; do
-  [ -r "$log" ] && grep -iE 'shut ?down|stopping|signal|cold|scheduler' "$log" | tail -n 6 | sed "s|^|    ${log##*/}: |"
-done
-
 problems() {
   local out="" u p st
   for u in ${CHECK_UNITS:-}; do

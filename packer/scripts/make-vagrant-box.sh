@@ -68,7 +68,7 @@ unshare -m --propagation private -- bash -euo pipefail -c '
 ' _ "${loop}p1" "$work/mnt" "$work/authorized_keys"
 partx -d "$loop"; losetup -d "$loop"; loop=""
 
-qemu-img convert -O qcow2 -c "$work/disk.raw" "$work/box.img"
+qemu-img convert -O qcow2 -c -m 8 -W "$work/disk.raw" "$work/box.img"
 rm -f "$work/disk.raw"
 vsize=$(qemu-img info --output=json "$work/box.img" | jq '.["virtual-size"]')
 gib=$(( (vsize + 1073741823) / 1073741824 ))

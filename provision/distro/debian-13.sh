@@ -12,6 +12,10 @@ DB_CLIENT=mariadb
 DB_SOCKET=/run/mysqld/mysqld.sock
 PKG_REDIS=(redis-server redis-tools)
 PKG_WEB=(nginx supervisor)
+PKG_FIREWALL=(ufw)
+PKG_SSH=(openssh-server)
+PKG_SERVICES=(fail2ban python3-systemd apparmor auditd systemd-timesyncd sysstat debsums)
+PKG_ACCOUNTS=(libpam-passwdqc libpam-tmpdir)
 # Build-time only (purged after the wheels are built) vs. the runtime library the compiled mysqlclient links to.
 PKG_BUILD_DEPS=(build-essential default-libmysqlclient-dev pkg-config python3-dev)
 PKG_APP_RUNTIME=(libmariadb3)

@@ -81,6 +81,14 @@ ensure_symlink() { # ensure_symlink TARGET LINKNAME
 
 remove_path() { if [ -e "$1" ] || [ -L "$1" ]; then rm -rf "$1"; changed "removed $1"; fi; }
 
+# Every distro package the provisioned server runs with, from the distro profile's PKG_* lists (build-only
+# PKG_BUILD_DEPS excluded). The image build preinstalls exactly these into the base disk, so the steps' apt_install
+# calls in the emulated guest find them present; a stock box or a plain server installs them step by step.
+stack_packages() {
+  printf '%s\n' "${PKG_BASE[@]}" "${PKG_DB_SERVER[@]}" "${PKG_REDIS[@]}" "${PKG_WEB[@]}" "${PKG_APP_RUNTIME[@]}" \
+    "${PKG_FIREWALL[@]}" "${PKG_SSH[@]}" "${PKG_SERVICES[@]}" "${PKG_ACCOUNTS[@]}" | LC_ALL=C sort -u
+}
+
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 APT_OPTS=(-y -q -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)

@@ -5,7 +5,7 @@ set -euo pipefail
 # shellcheck source=provision/lib/common.sh
 . "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
 
-apt_install ufw
+apt_install "${PKG_FIREWALL[@]}"
 
 # Rules are kept in /etc/ufw/user*.rules: ufw edits them even while inactive (chroot / image build), and
 # ufw.service loads them at boot. Only what differs is touched, so a second run changes nothing.

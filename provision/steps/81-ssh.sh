@@ -4,7 +4,7 @@ set -euo pipefail
 # shellcheck source=provision/lib/common.sh
 . "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
 
-apt_install openssh-server
+apt_install "${PKG_SSH[@]}"
 
 # Preferred algorithms, strongest first; only those this OpenSSH knows are written (Ubuntu 24.04's 9.6 lacks
 # mlkem768x25519-sha256, and sshd refuses to start on an unknown name). Compatibility floor, measured:

@@ -11,7 +11,7 @@ set -euo pipefail
 #  systemd-timesyncd           clock sync: TLS, logs and fail2ban windows need the right time (minbase has none)
 #  sysstat                     10-minute CPU/memory/IO history for capacity questions, self-rotating
 #  debsums                     verify installed files against package checksums after an incident
-apt_install fail2ban python3-systemd apparmor auditd systemd-timesyncd sysstat debsums
+apt_install "${PKG_SERVICES[@]}"
 
 if put etc/fail2ban/jail.local; then need_restart fail2ban.service; fi
 svc_enable fail2ban.service || true

@@ -6,7 +6,7 @@ set -euo pipefail
 
 # Password quality for the rare account that gets a password (no account in the image has one): passwdqc is a
 # ~100 kB PAM module with no dictionary package (pwquality would pull cracklib's).
-apt_install libpam-passwdqc libpam-tmpdir
+apt_install "${PKG_ACCOUNTS[@]}"
 
 # login.defs KEY VALUE: set (or add) a key, idempotently.
 set_logindef() {

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Build the app's dependencies as wheels for the target distro's Python, natively on the build host, so the emulated
+# build VM only unpacks them (offline, hash-checked) and no compiler ever enters the image.
+# Usage: packer/scripts/build-wheelhouse.sh DISTRO APP_DIR OUT_DIR
+#
+# A builder root file system of the target distro (mmdebstrap: python3-venv + the profile's PKG_BUILD_DEPS) is
+# cached in $KILN_CACHE_DIR; `pip wheel --require-hashes` runs in it under systemd-nspawn (the host's Python is
+# another version). OUT_DIR then holds:
+#   *.whl                      every locked distribution, for the target's Python ABI
+#   requirements.txt           name==version --hash=sha256:<hash of the wheel in OUT_DIR>, what the guest installs
+#   built-from-sdist.txt       the wheels built here from a locked sdist (their hashes are new; the sdist's was checked)
+#   source-requirements.sha256 the hash of APP_DIR/requirements.txt it was built from (kiln-release checks it)
+# A wheel that PyPI ships is used as downloaded, so its hash is the lock's own; the script fails otherwise.
+# Cache: OUT_DIR/.inputs (lock, build deps, this script); the same inputs reuse OUT_DIR.
+# Env: KILN_CACHE_DIR [<repo>/build/cache], MIRROR [http://deb.debian.org/debian], FORCE=1 rebuilds.
+set -euo pipefail
+[ $# -eq 3 ] || { echo "usage: $0 DISTRO APP_DIR OUT_DIR" >&2; exit 2; }
+distro=$1 app=$2 out=$3
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+[ "$(id -u)" -eq 0 ] || { echo "build-wheelhouse: must run as root (mmdebstrap, systemd-nspawn)" >&2; exit 1; }
+lock=$app/requirements.txt
+[ -f "$lock" ] || { echo "build-wheelhouse: missing required file $lock (the app's lock file)" >&2; exit 1; }
+grep -q -- '--hash=sha256:' "$lock" || { echo "build-wheelhouse: $lock has no --hash entries: a lock without hashes is refused" >&2; exit 1; }
+cache=${KILN_CACHE_DIR:-$repo/build/cache}
+
+# The build deps come from the distro profile, the same list kiln-release uses when it compiles on a server.
+# shellcheck source=/dev/null
+. "$repo/provision/distro/$distro.sh"
+case $distro in
+  debian-13) suite=trixie mirror=${MIRROR:-http://deb.debian.org/debian} components=main
+             keyring=/usr/share/keyrings/debian-archive-keyring.gpg ;;
+  ubuntu-24.04) suite=noble mirror=${MIRROR:-http://archive.ubuntu.com/ubuntu} components=main,universe
+             keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg ;;
+  *) echo "build-wheelhouse: unknown DISTRO '$distro'" >&2; exit 2 ;;
+esac
+builder_pkgs=(python3-venv ca-certificates "${PKG_BUILD_DEPS[@]}")
+self=$(sha256sum "$0" | cut -c1-64)
+bkey=$(printf "%s %s %s %s\n" "$suite" "$mirror" "$components" "${builder_pkgs[*]}" | sha256sum | cut -c1-16)
+wkey=$(printf "%s %s %s\n" "$self" "$bkey" "$(sha256sum "$lock" | cut -c1-64)" | sha256sum | cut -c1-64)
+if [ -z "${FORCE:-}" ] && [ "$(cat "$out/.inputs" 2>/dev/null)" = "$wkey" ] && [ -s "$out/requirements.txt" ]; then
+  echo "build-wheelhouse: cached $out ($(find "$out" -name '*.whl' | wc -l) wheels, inputs ${wkey:0:12})"
+  exit 0
+fi
+
+builder=$cache/$distro-wheel-builder-$bkey
+if [ ! -x "$builder/usr/bin/python3" ]; then
+  t0=$(date +%s)
+  echo "build-wheelhouse: builder root $suite (${builder_pkgs[*]}) ..."
+  rm -rf "$builder" "$builder.tmp"; mkdir -p "$cache"
+  env -u PIP_FIND_LINKS mmdebstrap --variant=minbase --components="$components" --keyring="$keyring" \
+    --include="$(IFS=,; echo "${builder_pkgs[*]}")" --aptopt='Acquire::Languages "none"' \
+    --hook-dir=/usr/share/mmdebstrap/hooks/eatmydata \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+    "$suite" "$builder.tmp" "deb $mirror $suite ${components//,/ }" >"$cache/$distro-wheel-builder.log" 2>&1 || {
+      tail -30 "$cache/$distro-wheel-builder.log" >&2; rm -rf "$builder.tmp"; exit 1; }
+  mv "$builder.tmp" "$builder"
+  echo "build-wheelhouse: builder root done in $(( $(date +%s) - t0 ))s"
+fi
+
+in_builder() { # in_builder NSPAWN-ARGS... CMD...: run CMD in a throw-away overlay of the builder (never modified)
+  systemd-nspawn -q -D "$builder" -M kiln-wheels --register=no --keep-unit --volatile=overlay --timezone=off \
+    --resolv-conf=copy-host --bind-ro=/etc/ssl/certs/ca-certificates.crt:/kiln/host-ca.pem \
+    --setenv=PIP_DISABLE_PIP_VERSION_CHECK=1 --setenv=PIP_NO_CACHE_DIR=1 "$@" 2> >(grep -v 'Attempted to remove disk file system' >&2)
+}
+
+t0=$(date +%s)
+rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+# HTTPS may be re-signed by an intercepting proxy: pip in the builder trusts the host's CA bundle (a read-only bind).
+in_builder --bind-ro="$(readlink -f "$lock")":/kiln/requirements.txt --bind="$(readlink -f "$out.tmp")":/kiln/wheels \
+  --setenv=PIP_CERT=/kiln/host-ca.pem \
+  /bin/sh -euc 'python3 -m venv /tmp/wb && /tmp/wb/bin/pip wheel -q --require-hashes -w /kiln/wheels -r /kiln/requirements.txt
+                python3 --version >/kiln/wheels/.python' \
+  || { echo "build-wheelhouse: pip wheel failed in the $suite builder" >&2; exit 1; }
+
+# The guest installs exactly these files: pin each by its own hash. Every downloaded wheel must carry a locked hash;
+# the rest were built here from a locked (hash-checked) sdist and are listed as such.
+lock_abs=$(readlink -f "$lock")
+(
+  cd "$out.tmp"
+  : >requirements.txt; : >built-from-sdist.txt
+  for w in *.whl; do
+    [ -e "$w" ] || { echo "build-wheelhouse: pip produced no wheels" >&2; exit 1; }
+    h=$(sha256sum "$w" | cut -c1-64)
+    name=${w%%-*} rest=${w#*-}; version=${rest%%-*}
+    printf '%s==%s --hash=sha256:%s\n' "$name" "$version" "$h" >>requirements.txt
+    grep -q "sha256:$h" "$lock_abs" || printf '%s==%s %s\n' "$name" "$version" "$w" >>built-from-sdist.txt
+  done
+)
+sha256sum "$lock" | cut -c1-64 >"$out.tmp/source-requirements.sha256"
+got=$(wc -l <"$out.tmp/requirements.txt")
+# The wheelhouse must be complete and consistent on its own (the guest installs it with --no-index): a trial install
+# into a fresh venv of the target's Python, then pip check.
+in_builder --bind-ro="$(readlink -f "$out.tmp")":/kiln/wheels \
+  /bin/sh -euc 'python3 -m venv /tmp/t && /tmp/t/bin/pip install -q --no-index --find-links /kiln/wheels \
+                  --require-hashes -r /kiln/wheels/requirements.txt && /tmp/t/bin/pip check >/dev/null' \
+  || { echo "build-wheelhouse: the wheelhouse does not install on its own (offline, hashes, pip check)" >&2; exit 1; }
+echo "$wkey" >"$out.tmp/.inputs"
+rm -rf "$out"; mv "$out.tmp" "$out"
+echo "build-wheelhouse: $out: $got wheels for $(cat "$out/.python"), $(wc -l <"$out/built-from-sdist.txt") built from sdist" \
+  "($(tr '\n' ' ' <"$out/built-from-sdist.txt")) in $(( $(date +%s) - t0 ))s"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Kiln image cleanup (Packer only, last step before the snapshot). Makes the next boot a fresh first boot:
-# no per-instance secrets/DB/user/certs/SSH host keys/machine-id, no logs, histories, apt lists, caches, build CA.
+# no per-instance secrets/DB user/rows/certs/SSH host keys/machine-id, no logs, histories, apt lists, caches, build
+# CA, timer stamps. The migrated schema of the app database stays (the first boot skips `migrate` when it matches).
 # DESTRUCTIVE on a live server: runs only under Packer (PACKER_BUILDER_TYPE, set by Packer's shell provisioner),
 # with KILN_CLEANUP_CONFIRM=yes, or with --yes.
 #   KILN_KEEP_LOCAL_CA=1  keep /usr/local/share/ca-certificates/* (default: remove all of it, see below)
@@ -19,16 +20,39 @@ t0=$(date +%s)
 step "stop the app and web server"
 if booted; then systemctl stop nginx.service supervisor.service 2>/dev/null || true; fi
 
-step "drop the first-boot database and user"
+step "database: drop the app user, keep the migrated schema of database kiln (first boot then skips migrate)"
+# Kept: the tables and what `migrate` itself writes (django_migrations, and the content types and permissions of its
+# post_migrate handlers); kiln-firstboot's record of that migrate (/var/lib/kiln/schema.migrated) describes them.
+# Per-instance: the user kiln (its password is this build's), and every other row (sessions, admin log, users,
+# records, written by the build's checks): emptied. A data migration of the app (RunPython/RunSQL) may have written
+# rows that emptying would lose while django_migrations still says applied: then the database goes as a whole and
+# the first boot migrates.
+SCHEMA_KEEP="'django_migrations','django_content_type','auth_permission'"
 if booted && systemctl is-active -q "$DB_SERVICE"; then
-  "$DB_CLIENT" -e "DROP DATABASE IF EXISTS kiln; DROP USER IF EXISTS 'kiln'@'localhost'; FLUSH PRIVILEGES;"
+  "$DB_CLIENT" -e "DROP USER IF EXISTS 'kiln'@'localhost'; FLUSH PRIVILEGES;"
+  if grep -lE 'RunPython|RunSQL' /srv/kiln/current/app/*/migrations/[0-9]*.py 2>/dev/null; then
+    warn "the app has data migrations (above): dropping database kiln, the first boot will migrate"
+    "$DB_CLIENT" -e "DROP DATABASE IF EXISTS kiln;"
+    rm -f /var/lib/kiln/schema.migrated
+  else
+    mapfile -t rows < <("$DB_CLIENT" -N -B -e "SELECT table_name FROM information_schema.tables
+      WHERE table_schema = 'kiln' AND table_type = 'BASE TABLE' AND table_name NOT IN ($SCHEMA_KEEP) ORDER BY 1")
+    sql="SET FOREIGN_KEY_CHECKS = 0;"
+    for t in "${rows[@]}"; do sql+=" TRUNCATE TABLE kiln.\`$t\`;"; done
+    "$DB_CLIENT" -e "$sql"
+    log "kept the schema of database kiln (${#rows[@]} tables emptied, $SCHEMA_KEEP kept), dropped user kiln"
+  fi
 else
-  warn "$DB_SERVICE not running: database kiln / user kiln not dropped"
+  warn "$DB_SERVICE not running: user kiln not dropped, rows not emptied; dropping the schema record (first boot migrates)"
+  rm -f /var/lib/kiln/schema.migrated
 fi
 
 step "stop redis, database; remove their data written during the build checks"
 if booted; then systemctl stop redis-server@cache.service redis-server@queue.service "$DB_SERVICE" 2>/dev/null || true; fi
 find /var/lib/redis/cache /var/lib/redis/queue -mindepth 1 -delete 2>/dev/null || true
+# MySQL (Ubuntu) keeps per-instance identity in its datadir: server_uuid (auto.cnf) and the auto-generated TLS and RSA
+# key pairs; it makes new ones at the next start. (MariaDB writes neither.)
+rm -f /var/lib/mysql/auto.cnf /var/lib/mysql/*.pem
 
 step "remove per-instance secrets, env, TLS, first-boot marker, uploaded media, app logs"
 rm -f /etc/kiln/secrets.env /etc/kiln/kiln.env /etc/kiln/overrides.env /var/lib/kiln/firstboot.done
@@ -55,6 +79,12 @@ find /var/lib/apt/lists -mindepth 1 -delete
 rm -f /var/cache/apt/*.bin
 rm -rf /root/.cache/pip /srv/kiln/.cache /tmp/pip-* /var/tmp/pip-*
 find /srv/kiln/releases -type d -name .cache -prune -exec rm -rf {} + 2>/dev/null || true
+
+step "systemd timer stamps"
+# A Persistent= timer whose stamp is older than its last due time fires at once at boot: the image's first boot,
+# days after the bake, would run apt-daily(-upgrade), dpkg-db-backup, fstrim next to the app's start. Without a
+# stamp the timers wait for their next due time.
+rm -f /var/lib/systemd/timers/stamp-*
 
 step "cloud-init instance state"
 if command -v cloud-init >/dev/null; then cloud-init clean --logs --seed; fi

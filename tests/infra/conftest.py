@@ -4,19 +4,25 @@ Targets:
   * default: the Vagrant VM of the repo's Vagrantfile. A session fixture brings it up when it is not running
     (python-vagrant), writes its ssh-config to .vagrant/kiln-ssh-config and runs every command with sudo.
     KILN_DESTROY=1 destroys the VM at the end. The VM's serial console (.vagrant/kiln-serial-*.log) is watched
-    during boots: a kernel panic is reported as such and the boot retried once (seen under TCG).
+    during boots: a kernel panic is reported as such and the boot retried once (seen under TCG); so is a boot that
+    shows no kernel progress (no new serial output for KILN_KERNEL_STALL s after GRUB's "Loading Linux" and before
+    systemd: a KVM that runs boot sectors but hangs in Linux's decompressor), except under KVM, where it fails at
+    once with a hint to KILN_LIBVIRT_DRIVER=qemu.
   * any host: pytest tests/infra --hosts=ssh://admin@203.0.113.7 [--ssh-config=FILE] --sudo
     (tests that need Vagrant itself - `vagrant provision` in test_idempotence - are skipped then).
 
 Order: state, http, security basics, hardening (Lynis: ~10 min under TCG), jobs, restart, reboot, idempotence
 (disruptive last).
 Environment: KILN_DESTROY=1, KILN_RESTART_TIMEOUT (seconds for a killed service to serve again) [10; 20 under TCG],
-KILN_BOOT_TIMEOUT (seconds for a reboot) [300].
+KILN_BOOT_TIMEOUT (seconds for a reboot) [300], KILN_KERNEL_STALL (seconds without serial output in the kernel phase
+of a boot before it counts as hung) [90].
 """
 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +33,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SSH_CONFIG = ROOT / ".vagrant" / "kiln-ssh-config"
 VAGRANT_LOG = ROOT / ".vagrant" / "kiln-vagrant.log"
+KERNEL_STALL = float(os.environ.get("KILN_KERNEL_STALL", "90"))
+# Where a boot's kernel phase starts (GRUB's line; the kernel's banner when GRUB is silent) and where it ends.
+KERNEL_START = re.compile(r"Loading Linux |Linux version \d")
+USERSPACE = re.compile(r"Welcome to |systemd\[1\]|Run /init as init process| login: ")
 ORDER = [
     "test_state",
     "test_http",
@@ -67,25 +77,62 @@ def pytest_collection_modifyitems(config, items):
 # --- the Vagrant VM -------------------------------------------------------------------------------------------------
 
 
+def last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+    return lines[-1][-200:] if lines else "(none)"
+
+
+class SerialWatch:
+    """Watches the serial logs for trouble in a boot: ("panic", context) or ("stall", message), else None.
+
+    A stall is a boot in its kernel phase (after the last "Loading Linux", before any userspace line) whose serial
+    logs have not grown for `stall_after` seconds. Before the domain prints anything (box import, define) nothing
+    counts: the phase starts with GRUB's line.
+    """
+
+    def __init__(self, vm: KilnVM, stall_after: float = KERNEL_STALL):
+        self.vm = vm
+        self.stall_after = stall_after
+        self.sizes = vm.serial_size()
+        self.sig = dict(self.sizes)
+        self.changed = time.monotonic()
+
+    def check(self) -> tuple[str, str] | None:
+        text = self.vm.serial_since(self.sizes)
+        now = time.monotonic()
+        sig = self.vm.serial_size()
+        if sig != self.sig:
+            self.sig, self.changed = sig, now
+        i = text.find("Kernel panic")
+        if i >= 0:
+            return "panic", text[max(0, i - 1500) : i + 300]
+        starts = list(KERNEL_START.finditer(text))
+        if starts and not USERSPACE.search(text, starts[-1].start()) and now - self.changed >= self.stall_after:
+            return "stall", f"no kernel progress after {now - self.changed:.0f} s: last serial line: {last_line(text)}"
+        return None
+
+
 class KilnVM:
     """The repo's Vagrant machine: boot with panic detection, ssh-config, provision."""
 
-    def __init__(self):
+    def __init__(self, serial_dir: Path = ROOT / ".vagrant", log: Path = VAGRANT_LOG):
         import vagrant  # python-vagrant
 
+        self.serial_dir = serial_dir
+        self.log = log
         self.v = vagrant.Vagrant(
             str(ROOT),
             quiet_stdout=False,
             quiet_stderr=False,
-            out_cm=vagrant.make_file_cm(str(VAGRANT_LOG)),
-            err_cm=vagrant.make_file_cm(str(VAGRANT_LOG)),
+            out_cm=vagrant.make_file_cm(str(log)),
+            err_cm=vagrant.make_file_cm(str(log)),
         )
 
     def state(self) -> str:
         return self.v.status()[0].state
 
     def serial_logs(self) -> list[Path]:
-        return sorted((ROOT / ".vagrant").glob("kiln-serial-*.log"))
+        return sorted(self.serial_dir.glob("kiln-serial-*.log"))
 
     def serial_size(self) -> dict[Path, int]:
         return {p: p.stat().st_size for p in self.serial_logs()}
@@ -102,44 +149,88 @@ class KilnVM:
         f = ROOT / ".vagrant" / "machines" / "default" / "libvirt" / "id"
         return f.read_text().strip() if f.exists() else None
 
+    def virsh(self, *args: str) -> subprocess.CompletedProcess:
+        uri = os.environ.get("KILN_LIBVIRT_URI", "qemu:///system")
+        return subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True)
+
     def force_off(self):
         dom = self.domain_id()
         if dom:
-            subprocess.run(
-                ["virsh", "-c", os.environ.get("KILN_LIBVIRT_URI", "qemu:///system"), "destroy", dom],
-                capture_output=True,
-            )
+            self.virsh("destroy", dom)
 
-    def vagrant(self, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-        """Run a vagrant command, watching the serial console; one retry after a kernel panic."""
+    def fresh_serial_logs(self):
+        """Before a boot of a stopped domain: keep the old serial output as *.log.prev and start the logs empty.
+
+        QEMU may truncate the file at start or append to it; a stalled retry even writes the same bytes again, which
+        an offset alone cannot tell from old output. A running domain holds the file open: it is left alone.
+        """
+        dom = self.domain_id()
+        if dom and self.virsh("domstate", dom).stdout.strip() in ("running", "paused", "in shutdown"):
+            return
+        for p in self.serial_logs():
+            if p.stat().st_size:
+                p.with_name(p.name + ".prev").write_bytes(p.read_bytes())
+                with p.open("r+b") as f:
+                    f.truncate(0)
+
+    def domain_type(self) -> str:
+        """libvirt's domain type of the VM: "kvm" or "qemu" (TCG); "" when there is none."""
+        dom = self.domain_id()
+        m = re.search(r"<domain type='(\w+)'", self.virsh("dumpxml", dom).stdout) if dom else None
+        return m.group(1) if m else ""
+
+    def vagrant(self, *args: str, timeout: int = 1800) -> subprocess.Popen:
+        """Run a vagrant command, watching the serial console: a kernel panic, or no kernel progress for
+        KERNEL_STALL s, powers the VM off and retries once (a stall under KVM fails at once: the probe was wrong)."""
+        cmd = f"vagrant {' '.join(args)}"
         for attempt in (1, 2):
-            sizes = self.serial_size()
-            with VAGRANT_LOG.open("a") as log:
-                log.write(f"\n=== vagrant {' '.join(args)} (attempt {attempt}) {time.strftime('%T')}\n")
+            if args[0] in ("up", "reload", "resume"):
+                self.fresh_serial_logs()
+            watch = SerialWatch(self)
+            with self.log.open("a") as log:
+                log.write(f"\n=== {cmd} (attempt {attempt}) {time.strftime('%T')}\n")
                 log.flush()
                 proc = subprocess.Popen(["vagrant", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
                 deadline = time.monotonic() + timeout
-                panic = False
+                trouble = None
                 while proc.poll() is None and time.monotonic() < deadline:
-                    if "Kernel panic" in self.serial_since(sizes):
-                        panic = True
-                        self.force_off()
+                    trouble = watch.check()
+                    if trouble:
                         break
                     time.sleep(2)
-                if proc.poll() is None and not panic:
+                if trouble:
+                    domtype = self.domain_type()
+                    self.force_off()
+                    # vagrant would otherwise wait for the dead guest's address until its boot_timeout
+                    proc.send_signal(signal.SIGINT)
+                    try:
+                        proc.wait(60)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                if proc.poll() is None:
                     proc.kill()
                 proc.wait()
-            if panic:
-                sys.stderr.write(
-                    f"\nkiln: KERNEL PANIC during `vagrant {' '.join(args)}`:\n"
-                    f"{self.serial_since(sizes)[-1500:]}\nkiln: retrying once\n"
-                )
+            if trouble:
+                kind, what = trouble
+                if kind == "panic":
+                    sys.stderr.write(f"\nkiln: KERNEL PANIC during `{cmd}`:\n{what}\n")
+                    report = f"kernel panic during `{cmd}`:\n{what}"
+                else:
+                    sys.stderr.write(f"\nkiln: `{cmd}`: {what}\n")
+                    report = f"`{cmd}`: {what}"
+                    if domtype == "kvm":
+                        raise RuntimeError(
+                            f"{report}\nThe domain runs under KVM: this host's KVM does not run the kernel although "
+                            "packer/scripts/kvm-probe.sh answered kvm (or KILN_LIBVIRT_DRIVER=kvm was given); "
+                            "KILN_LIBVIRT_DRIVER=qemu uses TCG."
+                        )
                 if attempt == 1:
+                    sys.stderr.write("kiln: powered the VM off, retrying once\n")
                     continue
+                raise RuntimeError(f"{report}\n(after one retry)")
             if proc.returncode != 0:
                 raise RuntimeError(
-                    f"`vagrant {' '.join(args)}` failed (rc={proc.returncode}); "
-                    f"tail of {VAGRANT_LOG}:\n{VAGRANT_LOG.read_text()[-3000:]}"
+                    f"`{cmd}` failed (rc={proc.returncode}); tail of {self.log}:\n{self.log.read_text()[-3000:]}"
                 )
             return proc
         raise RuntimeError("unreachable")
@@ -159,16 +250,15 @@ class KilnVM:
         SSH_CONFIG.write_text(cfg.rstrip("\n") + "\n" + extra)
 
     def provision(self) -> str:
-        start = VAGRANT_LOG.stat().st_size if VAGRANT_LOG.exists() else 0
+        start = self.log.stat().st_size if self.log.exists() else 0
         self.vagrant("provision")
-        with VAGRANT_LOG.open() as f:
+        with self.log.open() as f:
             f.seek(start)
             return f.read()
 
-    def panic_since(self, sizes) -> str | None:
-        text = self.serial_since(sizes)
-        i = text.find("Kernel panic")
-        return text[max(0, i - 1500) : i + 300] if i >= 0 else None
+    def watch(self, stall_after: float = KERNEL_STALL) -> SerialWatch:
+        """A SerialWatch from now on (e.g. across a reboot from inside the guest)."""
+        return SerialWatch(self, stall_after)
 
 
 @pytest.fixture(scope="session")

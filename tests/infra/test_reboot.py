@@ -45,17 +45,18 @@ def rebooted(host, kiln_vm):
     assert r.status == 201, f"could not create the record before rebooting:\n{r}"
     record = json.loads(r.body)
     old = boot_id(host)
-    sizes = kiln_vm.serial_size() if kiln_vm else {}
+    watch = kiln_vm.watch() if kiln_vm else None
     host.run("nohup sh -c 'sleep 2; systemctl reboot' >/dev/null 2>&1 &")
     t0 = time.monotonic()
     panicked = False
 
     def back():
-        nonlocal panicked, sizes
-        if kiln_vm and not panicked and (ctx := kiln_vm.panic_since(sizes)):
-            # seen under TCG: report it, power-cycle once
+        nonlocal panicked
+        if watch and not panicked and (trouble := watch.check()):
+            # a panic (seen under TCG) or no kernel progress: report it, power-cycle once (vagrant up watches too)
             panicked = True
-            print(f"KERNEL PANIC during reboot, power-cycling once:\n{ctx}")
+            print(f"{'KERNEL PANIC' if trouble[0] == 'panic' else 'KERNEL HUNG'} during reboot, power-cycling once:")
+            print(trouble[1])
             kiln_vm.force_off()
             kiln_vm.vagrant("up")
             kiln_vm.write_ssh_config()
@@ -67,7 +68,7 @@ def rebooted(host, kiln_vm):
         BOOT_TIMEOUT,
         3,
         "the host to come back with a new boot_id",
-        evidence=lambda: kiln_vm.serial_since(sizes)[-2000:] if kiln_vm else "n/a",
+        evidence=lambda: kiln_vm.serial_since(watch.sizes)[-2000:] if watch else "n/a",
     )
     print(f"reboot: SSH back after {time.monotonic() - t0:.0f}s")
     return {"record": record, "t0": t0, "panicked": panicked}
@@ -112,7 +113,7 @@ def test_record_written_before_reboot_is_still_there(host, rebooted):
 
 
 def test_reboot_was_clean(host, rebooted):
-    assert not rebooted["panicked"], "the guest kernel panicked during the reboot (recovered by a power cycle)"
+    assert not rebooted["panicked"], "the guest kernel panicked or hung during the reboot (recovered by a power cycle)"
     failed = host.run("systemctl --failed --no-legend --plain").stdout.strip()
     assert not failed, f"failed units after reboot:\n{failed}"
 

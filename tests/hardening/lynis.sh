@@ -4,7 +4,11 @@
 #   TARGET = ROOTFS_DIR        a root file system with lynis installed: booted with systemd-nspawn (--volatile=overlay,
 #                              private network: the directory is not modified), audited inside (fast tier, ~1 min)
 #          | ssh:DEST          a running VM: `ssh $LYNIS_SSH_OPTS DEST` (e.g. LYNIS_SSH_OPTS="-F .vagrant/kiln-ssh-config"
-#                              DEST=default); lynis is apt-installed there if missing; runs with sudo (8-10 min under TCG)
+#                              DEST=default); runs with sudo (8-10 min under TCG). Lynis missing there: this host
+#                              fetches the target's apt lists and lynis .deb natively, with the target's own apt
+#                              sources (the candidate the target's apt would install), copies both in and dpkg -i's
+#                              the .deb: no apt download/parse inside a TCG guest (LYNIS_INSTALL=guest: apt in the
+#                              target, as before; also the fallback). Lynis refreshes the lists itself (PKGS-7392).
 #   -t  minimum hardening index [85]       -w  waiver file [tests/hardening/lynis-waivers.txt]
 #   -o  keep lynis-report.dat, lynis.log and lynis.out in OUTDIR
 # Exit: 0 pass; 1 index below threshold or unwaived warnings/skips; 2 usage or the audit could not run.
@@ -31,6 +35,33 @@ LYNIS_ARGS=(audit system --quick --no-colors --report-file /tmp/kiln-lynis-repor
 cleanup() { nspawn_stop; if [ -n "$OUTDIR" ]; then mkdir -p "$OUTDIR"; cp -f "$WORK"/* "$OUTDIR"/ 2>/dev/null || true; fi; rm -rf "$WORK"; }
 trap cleanup EXIT
 
+# The target's apt sources, lists and lynis .deb, fetched with this host's apt (native speed), then copied in.
+install_from_host() {
+  local ctx=$WORK/apt arch
+  mkdir -p "$ctx/etc/sources.list.d" "$ctx/etc/preferences.d" "$ctx/lists/partial" "$ctx/cache/archives/partial"
+  command -v apt-get >/dev/null || { echo "lynis: no apt-get on this host" >&2; return 1; }
+  arch=$(rsh 'dpkg --print-architecture') || return 1
+  # shellcheck disable=SC2016 # expanded on the target
+  rsh 'cd /etc/apt && tar -cf - $(ls -d sources.list sources.list.d 2>/dev/null)' | tar -xf - -C "$ctx/etc" || return 1
+  [ -e "$ctx/etc/sources.list" ] || : >"$ctx/etc/sources.list"
+  local apt=(-o "Dir::Etc::SourceList=$ctx/etc/sources.list" -o "Dir::Etc::SourceParts=$ctx/etc/sources.list.d"
+    -o "Dir::Etc::Preferences=$ctx/etc/preferences" -o "Dir::Etc::PreferencesParts=$ctx/etc/preferences.d"
+    -o "Dir::State::Lists=$ctx/lists" -o Dir::State::status=/dev/null -o "Dir::Cache=$ctx/cache"
+    -o "APT::Architecture=$arch" -o "APT::Architectures::=$arch" -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
+  if ! { apt-get "${apt[@]}" -q update >"$WORK/apt.log" 2>&1 &&
+          (cd "$ctx" && apt-get "${apt[@]}" -q download lynis >>"$WORK/apt.log" 2>&1) &&
+          compgen -G "$ctx/lynis_*.deb" >/dev/null; }; then
+    echo "lynis: fetching the target's apt lists here failed, installing with apt on the target:" >&2
+    tail -5 "$WORK/apt.log" >&2
+    return 1
+  fi
+  tar -cf - -C "$ctx/lists" --exclude=partial --exclude=lock --exclude=auxfiles . \
+    | rsh 'sudo tar -xf - -C /var/lib/apt/lists --no-same-owner --no-same-permissions' || return 1
+  # shellcheck disable=SC2016 # expanded on the target
+  rsh 'f=$(mktemp /var/tmp/kiln-lynis.XXXXXX.deb) && cat >"$f" && sudo DEBIAN_FRONTEND=noninteractive dpkg -i "$f" >/dev/null; rc=$?; rm -f "$f"; exit $rc' \
+    <"$ctx"/lynis_*.deb || { echo "lynis: dpkg -i on the target failed" >&2; return 1; }
+}
+
 t0=$(date +%s)
 case $TARGET in
   ssh:*)
@@ -38,9 +69,17 @@ case $TARGET in
     read -r -a sshopts <<<"${LYNIS_SSH_OPTS:-}"
     rsh() { ssh "${sshopts[@]}" -o BatchMode=yes "$dest" "$@"; }
     env_desc="ssh $dest: $(rsh 'uname -r; systemd-detect-virt' | paste -sd' ')"
-    # An image ships without apt lists (cleanup.sh): fetch them before installing.
-    rsh 'command -v lynis >/dev/null || { sudo apt-get update -q >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q lynis >/dev/null; }' \
-      || { echo "lynis: could not install lynis on $dest" >&2; exit 2; }
+    if ! rsh 'command -v lynis >/dev/null'; then
+      ti=$(date +%s)
+      if [ "${LYNIS_INSTALL:-host}" = host ] && install_from_host; then
+        echo "lynis: installed $(basename "$WORK/apt/"lynis_*.deb) with the target's apt lists, fetched on this host, in $(( $(date +%s) - ti ))s" >&2
+      else
+        # An image ships without apt lists (cleanup.sh): fetch them before installing.
+        rsh 'sudo apt-get update -q >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q lynis >/dev/null' \
+          || { echo "lynis: could not install lynis on $dest" >&2; exit 2; }
+        echo "lynis: apt-installed lynis on the target in $(( $(date +%s) - ti ))s" >&2
+      fi
+    fi
     echo "lynis: auditing $dest (under TCG this takes 8-10 minutes)" >&2
     rsh "sudo lynis ${LYNIS_ARGS[*]}" >"$WORK/lynis.out" 2>&1 || true
     rsh 'sudo cat /tmp/kiln-lynis-report.dat' >"$WORK/lynis-report.dat"

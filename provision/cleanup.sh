@@ -69,9 +69,16 @@ rm -rf /root/.ssh /root/.cache
 for h in /home/*; do [ -d "$h" ] && rm -f "$h"/.bash_history "$h"/.mysql_history "$h"/.python_history; done
 
 step "build-time CA certificates"
+# Rebuilding the trust store takes minutes under emulation: only when a build CA was really in it (the Packer build
+# trusts its host's CAs through a bundle outside the store; Vagrant's KILN_BUILD_CA_DIR installs them into it).
+ca_dirty=0
+[ -d /usr/local/share/ca-certificates/kiln-build ] && ca_dirty=1
 rm -rf /usr/local/share/ca-certificates/kiln-build
-if [ "${KILN_KEEP_LOCAL_CA:-0}" != 1 ]; then find /usr/local/share/ca-certificates -mindepth 1 -delete 2>/dev/null || true; fi
-update-ca-certificates --fresh >/dev/null
+if [ "${KILN_KEEP_LOCAL_CA:-0}" != 1 ] && [ -n "$(find /usr/local/share/ca-certificates -mindepth 1 -print -quit 2>/dev/null)" ]; then
+  find /usr/local/share/ca-certificates -mindepth 1 -delete
+  ca_dirty=1
+fi
+if [ "$ca_dirty" -eq 1 ]; then update-ca-certificates --fresh >/dev/null; else log "no build CA in the trust store"; fi
 
 step "apt lists and caches, pip caches"
 apt-get clean

@@ -99,6 +99,21 @@ env -u PIP_FIND_LINKS -u PIP_CERT -u PIP_DEFAULT_TIMEOUT mmdebstrap --variant=mi
 echo "build-base-disk: rootfs done in $(( $(date +%s) - t0 ))s"
 
 r=$work/rootfs
+# The stack's services wait for provision/ (see KILN_DEFERRED_UNITS in provision/lib/common.sh): only the units of
+# stack packages that are not part of the bootable base, and only those their packages enabled.
+mapfile -t deferrable < <(printf '%s\n' "${stack[@]}" | LC_ALL=C sort -u | comm -23 - <(printf '%s\n' "${common_pkgs[@]}" | LC_ALL=C sort -u))
+deferred=()
+if [ ${#deferrable[@]} -gt 0 ]; then
+  for u in $(chroot "$r" dpkg-query -L "${deferrable[@]}" 2>/dev/null \
+               | sed -nE 's#^/(usr/)?lib/systemd/system/([^/@]+\.(service|timer|socket|path))$#\2#p' | sort -u); do
+    [ "$(chroot "$r" systemctl is-enabled "$u" 2>/dev/null || true)" = enabled ] || continue
+    chroot "$r" systemctl disable -q "$u"
+    deferred+=("$u")
+  done
+fi
+mkdir -p "$r$(dirname "$KILN_DEFERRED_UNITS")"
+printf '%s\n' "${deferred[@]}" >"$r$KILN_DEFERRED_UNITS"
+echo "build-base-disk: ${#deferred[@]} stack units held back until provision/ runs: ${deferred[*]}"
 printf 'UUID=%s / ext4 errors=remount-ro,discard 0 1\n' "$rootuuid" >"$r/etc/fstab"
 echo localhost >"$r/etc/hostname"
 : >"$r/etc/machine-id"; rm -f "$r/var/lib/dbus/machine-id"
@@ -158,7 +173,8 @@ unshare -m --propagation private -- bash -euo pipefail -c '
 ' _ "$r" "$part" "$loop" "$rootuuid" "$work/mnt"
 partx -d "$loop"; losetup -d "$loop"; loop=""
 
-qemu-img convert -O qcow2 -c "$raw" "$out.tmp"
+# Uncompressed: the disk is a local cache that packer copies; compressing it cost ~25 s per cold build.
+qemu-img convert -O qcow2 "$raw" "$out.tmp"
 mv -f "$out.tmp" "$out"
 echo "$key" >"$out.inputs"
 echo "build-base-disk: $out ($(du -h "$out" | cut -f1), virtual $size, root UUID $rootuuid) in $(( $(date +%s) - t0 ))s"

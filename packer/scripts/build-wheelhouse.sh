@@ -10,6 +10,7 @@
 #   requirements.txt           name==version --hash=sha256:<hash of the wheel in OUT_DIR>, what the guest installs
 #   built-from-sdist.txt       the wheels built here from a locked sdist (their hashes are new; the sdist's was checked)
 #   source-requirements.sha256 the hash of APP_DIR/requirements.txt it was built from (kiln-release checks it)
+#   pycache.tar, pycache.prefix  the wheels' bytecode (checked-hash .pyc) and the venv folder it unpacks into
 # A wheel that PyPI ships is used as downloaded, so its hash is the lock's own; the script fails otherwise.
 # Cache: OUT_DIR/.inputs (lock, build deps, this script); the same inputs reuse OUT_DIR.
 # Env: KILN_CACHE_DIR [<repo>/build/cache], MIRROR [http://deb.debian.org/debian], FORCE=1 rebuilds.
@@ -89,10 +90,18 @@ lock_abs=$(readlink -f "$lock")
 sha256sum "$lock" | cut -c1-64 >"$out.tmp/source-requirements.sha256"
 got=$(wc -l <"$out.tmp/requirements.txt")
 # The wheelhouse must be complete and consistent on its own (the guest installs it with --no-index): a trial install
-# into a fresh venv of the target's Python, then pip check.
-in_builder --bind-ro="$(readlink -f "$out.tmp")":/kiln/wheels \
-  /bin/sh -euc 'python3 -m venv /tmp/t && /tmp/t/bin/pip install -q --no-index --find-links /kiln/wheels \
-                  --require-hashes -r /kiln/wheels/requirements.txt && /tmp/t/bin/pip check >/dev/null' \
+# into a fresh venv of the target's Python, then pip check. Its bytecode becomes pycache.tar: compiling ~4,000 modules
+# is most of an install under emulation. checked-hash .pyc files carry the hash of their source, not an mtime, so
+# they are valid wherever the same wheels are unpacked, and Python itself recompiles any whose source differs.
+# shellcheck disable=SC2016  # expanded inside the builder
+in_builder --bind="$(readlink -f "$out.tmp")":/kiln/wheels \
+  /bin/sh -euc 'python3 -m venv /tmp/t && /tmp/t/bin/pip install -q --no-compile --no-index --find-links /kiln/wheels \
+                  --require-hashes -r /kiln/wheels/requirements.txt && /tmp/t/bin/pip check >/dev/null
+                sp=$(/tmp/t/bin/python -c "import sysconfig; print(sysconfig.get_paths()[\"purelib\"])")
+                /tmp/t/bin/python -m compileall -q -j 0 --invalidation-mode checked-hash "$sp" >/dev/null
+                cd "$sp" && find . \( -path ./pip -o -path "./pip-*" \) -prune -o -name "*.pyc" -print \
+                  | LC_ALL=C sort | tar --owner=0 --group=0 --mtime=@315532800 -cf /kiln/wheels/pycache.tar -T -
+                echo "${sp#/tmp/t/}" >/kiln/wheels/pycache.prefix' \
   || { echo "build-wheelhouse: the wheelhouse does not install on its own (offline, hashes, pip check)" >&2; exit 1; }
 echo "$wkey" >"$out.tmp/.inputs"
 rm -rf "$out"; mv "$out.tmp" "$out"

@@ -91,7 +91,8 @@ base_disk() {
 prepare() {
   local t0 rc=0 dt
   t0=$(date +%s)
-  "$repo/packer/scripts/build-wheelhouse.sh" "$DISTRO" "$APP_DIR" "$wheelhouse" >"$work/wheelhouse.log" 2>&1 &
+  ( w0=$(date +%s); "$repo/packer/scripts/build-wheelhouse.sh" "$DISTRO" "$APP_DIR" "$wheelhouse"
+    echo "$(( $(date +%s) - w0 ))" >"$work/wheelhouse.secs" ) >"$work/wheelhouse.log" 2>&1 &
   whpid=$!
   stage base-disk base_disk
   wait "$whpid" || rc=$?
@@ -99,7 +100,8 @@ prepare() {
   dt=$(( $(date +%s) - t0 ))
   sed 's/^/    /' "$work/wheelhouse.log"
   [ "$rc" -eq 0 ] || { echo "build: the wheelhouse failed (rc=$rc, log above)" >&2; return 1; }
-  printf 'wheelhouse (parallel to base-disk)\t%s\n' "$dt" >>"$stages_file"
+  printf 'wheelhouse (beside base-disk)\t%s\n' "$(cat "$work/wheelhouse.secs")" >>"$stages_file"
+  echo "base disk and wheelhouse ready in ${dt}s"
 }
 
 probe() {

@@ -89,6 +89,12 @@ stack_packages() {
     "${PKG_FIREWALL[@]}" "${PKG_SSH[@]}" "${PKG_SERVICES[@]}" "${PKG_ACCOUNTS[@]}" | LC_ALL=C sort -u
 }
 
+# Units that the base disk's stack packages enabled, held back by packer/scripts/build-base-disk.sh so the build VM
+# does not start them (with stock configs, under emulation) before provision/ has configured anything; step 10
+# enables exactly these again, which is the state an apt install in the guest would have left.
+# shellcheck disable=SC2034  # used by the steps and packer/scripts/build-base-disk.sh
+KILN_DEFERRED_UNITS=/var/lib/kiln-base/deferred-units
+
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 APT_OPTS=(-y -q -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
@@ -107,18 +113,21 @@ apt_install() {
   changed "packages: ${missing[*]}"
 }
 
-# Enable a unit (works offline in a chroot too). Returns 0 if it changed something.
+# Enable a unit (works offline in a chroot too). Returns 0 if it changed something. --no-reload: each reload of a
+# running systemd costs seconds under emulation; the symlinks count at boot, and 99-services reloads once.
 svc_enable() {
   systemctl is-enabled -q "$1" 2>/dev/null && return 1
-  systemctl enable -q "$1" 2>/dev/null || systemctl enable "$1"
+  systemctl enable --no-reload -q "$1" 2>/dev/null || systemctl enable --no-reload "$1"
+  need_restart daemon-reload
   changed "enabled $1"
 }
 
 svc_mask() { # stop (if running), disable and mask a unit
   [ "$(systemctl is-enabled "$1" 2>/dev/null)" = masked ] && return 1
   if booted; then systemctl stop "$1" 2>/dev/null || true; fi
-  systemctl disable -q "$1" 2>/dev/null || true
-  systemctl mask -q "$1"
+  systemctl disable --no-reload -q "$1" 2>/dev/null || true
+  systemctl mask --no-reload -q "$1"
+  need_restart daemon-reload
   changed "masked $1"
 }
 

@@ -29,6 +29,17 @@ fi
 
 apt_install "${PKG_BASE[@]}"
 
+# A Kiln base disk carries the stack's packages with their units held back (lib/common.sh, KILN_DEFERRED_UNITS):
+# enable them now, as their packages' install would have.
+if [ -f "$KILN_DEFERRED_UNITS" ]; then
+  while read -r unit; do
+    [ -n "$unit" ] || continue
+    svc_enable "$unit" || true
+  done <"$KILN_DEFERRED_UNITS"
+  rm -f "$KILN_DEFERRED_UNITS"; rmdir "$(dirname "$KILN_DEFERRED_UNITS")" 2>/dev/null || true
+  changed "base disk's held-back units enabled"
+fi
+
 # Time zone UTC, locale C.UTF-8 (built into glibc: no locale package needed).
 ensure_symlink /usr/share/zoneinfo/Etc/UTC /etc/localtime || true
 echo Etc/UTC | write_file /etc/timezone 0644 root:root || true

@@ -6,10 +6,18 @@
 #      self-signed), read its identity over SSH (seed key, sudo)
 #   2. instance B from the same image: the same, and it must differ from A in SECRET_KEY, database password, SSH host
 #      keys (fingerprints) and /etc/machine-id
-# The serial console is watched: a kernel panic is reported as such and that boot is retried once.
+# The serial console is watched: a kernel panic is reported as such and that boot is retried once; a boot whose
+# console stops growing before systemd runs (e.g. stuck at "Loading Linux ...") fails after KERNEL_STALL seconds
+# ("no kernel progress after N s: stuck at <last line>") instead of waiting until BOOT_TIMEOUT.
+# Each instance prints what lies on the path to its first /readyz 200: `systemd-analyze critical-chain` of the
+# units on it, `systemd-analyze` (total) and the top of `blame`, and how kiln-firstboot handled the migrations (the
+# image's baked schema must make it skip them).
+# The two instances boot one after the other: on 2 host cores, two TCG guests of 2 vCPUs each only share the same
+# cores (TCG is CPU-bound), and each boot's time would then measure the other guest too.
 # Usage: tests/image/boot-check.sh [IMAGE.qcow2]
 # Env: DISTRO [debian-13]; IMAGE [newest build/<distro>/kiln-<distro>-*.qcow2]; ACCEL kvm|tcg [probe];
-#      BOOT_TIMEOUT [900] seconds per boot until /readyz 200; SMP [2]; MEM [2048]; KEEP_LOGS=1 keeps the work dir.
+#      BOOT_TIMEOUT [900] seconds per boot until /readyz 200; KERNEL_STALL [60] seconds without new console output
+#      before systemd runs; SMP [2]; MEM [2048]; KEEP_LOGS=1 keeps the work dir.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 DISTRO=${DISTRO:-debian-13}
@@ -21,6 +29,7 @@ if [ -z "$IMAGE" ] || [ ! -r "$IMAGE" ]; then
 fi
 IMAGE=$(readlink -f "$IMAGE")
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-900}
+KERNEL_STALL=${KERNEL_STALL:-60}
 "$repo/tools/apt-ensure.sh" qemu-system-x86 qemu-utils genisoimage openssh-client curl python3
 ACCEL=$("$repo/packer/scripts/kvm-probe.sh")
 
@@ -90,7 +99,7 @@ boot() {
     -device virtio-net-pci,netdev=n0 >"$work/$n-qemu.log" 2>&1 &
   vmpid=$!
   say "$n: booting $(basename "$IMAGE") (accel $ACCEL, pid $vmpid, ssh :$P22, http :$P80, https :$P443)"
-  local last="" now
+  local last="" now size=0 grown_at=0 userspace="" stuck
   while :; do
     if grep -aqE 'Kernel panic|Oops: ' "$serial"; then
       say "$n: KERNEL PANIC on the serial console:"
@@ -98,13 +107,25 @@ boot() {
       stop_vm; return 2
     fi
     kill -0 "$vmpid" 2>/dev/null || { tail -20 "$serial"; cat "$work/$n-qemu.log"; fail "$n: QEMU exited"; }
+    now=$(python3 -c "print(int(__import__('time').time() - $t0))")
+    # Kernel progress: until systemd runs, the console must keep growing (GRUB, then the kernel's messages).
+    if [ -z "$userspace" ]; then
+      if grep -aqE 'systemd\[1\]|Welcome to |Reached target|login:' "$serial"; then
+        userspace=$now; say "$n: ${now}s: systemd runs (serial console)"
+      elif [ "$(stat -c %s "$serial")" != "$size" ]; then
+        size=$(stat -c %s "$serial"); grown_at=$now
+      elif [ $(( now - grown_at )) -ge "$KERNEL_STALL" ]; then
+        stuck=$(tr -d '\r' <"$serial" | grep -av '^[[:space:]]*$' | tail -1 | cut -c1-160 || true)
+        stop_vm
+        fail "$n: no kernel progress after ${now}s: stuck at ${stuck:-<no console output at all>} (no new console output for ${KERNEL_STALL}s; a half-working KVM? ACCEL=tcg forces emulation)"
+      fi
+    fi
     code=$(curl -s -o "$work/$n-readyz.json" -w '%{http_code}' -m 5 "http://127.0.0.1:$P80/readyz" || true)
     if [ "$code" = 200 ]; then
       BOOT_SECS=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
       say "$n: boot -> first GET /readyz 200 in ${BOOT_SECS}s: $(head -c 300 "$work/$n-readyz.json")"
       return 0
     fi
-    now=$(python3 -c "print(int(__import__('time').time() - $t0))")
     [ "$now" -lt "$BOOT_TIMEOUT" ] || { tail -30 "$serial"; fail "$n: no /readyz 200 within ${BOOT_TIMEOUT}s (last: ${code:-none})"; }
     if [ "$code" != "$last" ]; then say "$n: ${now}s: /readyz -> ${code/000/no answer}"; last=$code; fi
     sleep 2
@@ -161,6 +182,26 @@ inspect() { # inspect NAME: HTTPS admin login page, identity over SSH -> $work/N
   '\''' >"$work/$n.hygiene"
   if [ -s "$work/$n.hygiene" ]; then sed 's/^/    /' "$work/$n.hygiene"; fail "$n: image hygiene"; fi
   say "$n: identity: $(grep machine-id "$work/$n.id"), host keys: $(wc -l <"$work/$n.hostkeys"), root fs $(vssh df -h / | awk 'NR==2{print $2}')"
+  profile "$n"
+}
+
+profile() { # profile NAME: what lay on the path to the first /readyz 200, and how first boot treated the migrations
+  local n=$1
+  # systemd-analyze's total needs the boot to be finished (cloud-final, late units): bounded wait.
+  vssh 'sudo timeout 180 systemctl is-system-running --wait >/dev/null 2>&1; true'
+  # shellcheck disable=SC2016  # expanded in the guest
+  vssh 'sudo sh -c '\''
+    echo "== systemd-analyze"; systemd-analyze 2>&1 | head -3
+    echo "== systemd-analyze critical-chain supervisor.service nginx.service"
+    systemd-analyze critical-chain --no-pager supervisor.service nginx.service 2>&1 | grep -v "^The time"
+    echo "== systemd-analyze blame (top 15)"; systemd-analyze blame --no-pager 2>&1 | head -15
+    echo "== kiln-firstboot"; journalctl -b -u kiln-firstboot --no-pager -o cat | grep "kiln-firstboot:"
+    echo "== rq workers"; grep -h "^kiln-rqworker" /var/log/kiln/worker-*.log
+  '\''' >"$work/$n.profile" 2>&1 || true
+  sed 's/^/    /' "$work/$n.profile"
+  grep -q 'kiln-firstboot: migrations: skipped' "$work/$n.profile" \
+    || fail "$n: first boot did not skip the migrations (the image's baked schema should match its release): $(grep -E 'running migrations|migrations:' "$work/$n.profile" | head -2)"
+  say "$n: first boot skipped the migrations (baked schema of the image's release)"
 }
 
 shutdown_vm() {

@@ -15,7 +15,8 @@ Order: state, http, security basics, hardening (Lynis: ~10 min under TCG), jobs,
 (disruptive last).
 Environment: KILN_DESTROY=1, KILN_RESTART_TIMEOUT (seconds for a killed service to serve again) [10; 20 under TCG],
 KILN_BOOT_TIMEOUT (seconds for a reboot) [300], KILN_KERNEL_STALL (seconds without serial output in the kernel phase
-of a boot before it counts as hung) [90].
+of a boot before it counts as hung) [90], KILN_LYNIS_EARLY (1: when the Lynis test is selected, start the audit in the
+background as soon as the target is up, while the read-only suites run; 0: run it in test_hardening) [1].
 """
 
 from __future__ import annotations
@@ -279,6 +280,29 @@ def kiln_vm(request):
 def _kiln_target(kiln_vm):
     """Bring the VM up before the first test touches the host."""
     yield kiln_vm
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kiln_lynis_early(request, _kiln_target):
+    """Start the Lynis audit in the background once the target is up, when the Lynis test is selected.
+
+    The audit only reads the system: it may overlap the suites before it, which only read too (state, http, security
+    basics, hardening; http stops kiln-web for a moment), never the disruptive ones after it (jobs, restart, reboot,
+    idempotence): test_lynis_hardening_index_meets_target waits for the audit before they start.
+    """
+    config = request.config
+    config.kiln_lynis = None
+    selected = any(i.originalname == "test_lynis_hardening_index_meets_target" for i in request.session.items)
+    if selected and os.environ.get("KILN_LYNIS_EARLY", "1") == "1" and "," not in (config.option.hosts or ""):
+        from kilnlib import LynisRun, ssh_target
+
+        opts, dest = ssh_target(config)
+        outdir = ROOT / ".vagrant" / "lynis"
+        config.kiln_lynis = LynisRun(str(ROOT / "tests" / "hardening" / "lynis.sh"), opts, dest, str(outdir))
+        sys.stderr.write(f"\nkiln: Lynis audit of {dest} started in the background (log {outdir}/lynis-run.log)\n")
+    yield
+    if config.kiln_lynis:
+        config.kiln_lynis.stop()
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shlex
+import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -276,3 +279,64 @@ def app_python(host, code: str, timeout: int = 120, ok=(0,)):
 
 def boot_id(host) -> str:
     return out(host, "cat /proc/sys/kernel/random/boot_id")
+
+
+# --- Lynis, run from this machine over ssh (tests/hardening/lynis.sh) ---------------------------------------------
+
+
+def ssh_target(config, host=None) -> tuple[list[str], str]:
+    """(ssh options, destination) for `host` (a testinfra host; the first of --hosts when None)."""
+    opts = ["-F", config.option.ssh_config] if config.option.ssh_config else []
+    if host is None:
+        import testinfra
+
+        host = testinfra.get_host(config.option.hosts.split(",")[0], ssh_config=config.option.ssh_config)
+    h = host.backend.host
+    return opts, f"{h.user}@{h.name}" if h.user else h.name
+
+
+LYNIS_THRESHOLD = int(os.environ.get("KILN_LYNIS_THRESHOLD", "85"))
+LYNIS_TIMEOUT = 1800
+
+
+class LynisRun:
+    """tests/hardening/lynis.sh against `dest`, started now in the background (its own process group).
+
+    The audit takes 8-10 min in a TCG guest and only reads the system, so the session starts it right after the VM
+    is up and lets the read-only suites (state, http, security basics, the rest of hardening) run meanwhile;
+    test_hardening collects it with result(). Output goes to OUTDIR/lynis-run.log.
+    """
+
+    def __init__(self, script: str, ssh_opts: list[str], dest: str, outdir: str):
+        os.makedirs(outdir, exist_ok=True)
+        self.log_path = os.path.join(outdir, "lynis-run.log")
+        self.started = time.monotonic()
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in result()/stop()
+        self.proc = subprocess.Popen(
+            [script, "-t", str(LYNIS_THRESHOLD), "-o", outdir, f"ssh:{dest}"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "LYNIS_SSH_OPTS": " ".join(ssh_opts)},
+            start_new_session=True,
+        )
+
+    def result(self, timeout: float = LYNIS_TIMEOUT) -> tuple[int | None, str, float]:
+        """(exit code or None on timeout, output, seconds since the start); stops the run on timeout."""
+        try:
+            rc = self.proc.wait(max(1.0, timeout - (time.monotonic() - self.started)))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            rc = None
+        self._log.close()
+        with open(self.log_path, errors="replace") as f:
+            return rc, f.read(), time.monotonic() - self.started
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()

@@ -87,13 +87,26 @@ def started(host, seconds: int, retries: int = 0) -> dict:
 
 
 def wait_final(host, job_id: str, timeout: float = 120, want=("finished",)) -> dict:
-    return wait_for(
-        lambda: (s := state(host, job_id))["status"] in want and s,
-        timeout,
-        2,
-        f"job {job_id} in {want}",
-        evidence=lambda: f"{state(host, job_id)}\n{supervisor_text(host)}\n{worker_logs(host)}",
+    """Poll the job's state every 0.5 s inside one Python process on the target (each new process pays Django's
+    import, seconds under TCG) until it is in `want`; fail after `timeout` s with the last state and evidence."""
+    s = rq(
+        host,
+        f"""
+        deadline = time.time() + {timeout}
+        s = job_state({job_id!r})
+        while s["status"] not in {list(want)!r} and time.time() < deadline:
+            time.sleep(0.5)
+            s = job_state({job_id!r})
+        print(json.dumps(s))
+    """,
+        timeout=int(timeout) + 120,
     )
+    if s["status"] not in want:
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for job {job_id} in {want}; last seen: {s!r}\n--- evidence ---\n"
+            f"{supervisor_text(host)}\n{worker_logs(host)}"
+        )
+    return s
 
 
 def wait_workers_running(host, timeout: float = 90):

@@ -11,9 +11,9 @@
 #
 # The kernel, in this order:
 #   1. PROBE_KERNEL
-#   2. the base disk's kernel, build/base/<DISTRO>.qcow2.vmlinuz (else the newest build/base/*.vmlinuz), written by
-#      build-base-disk.sh
-#   3. the kernel inside the Vagrant box (KILN_BOX_FILE, else the newest build/<DISTRO>/*.libvirt.box): box.img's
+#   2. the base disk's kernel, <BUILD_DIR>/base/<DISTRO>.qcow2.vmlinuz (else the newest <BUILD_DIR>/base/*.vmlinuz),
+#      written by build-base-disk.sh (BUILD_DIR as in build.sh: [<repo>/build])
+#   3. the kernel inside the Vagrant box (KILN_BOX_FILE, else the newest <BUILD_DIR>/<DISTRO>/*.libvirt.box): box.img's
 #      /boot/vmlinuz-* is read with qemu-img + debugfs (no mount, no loop device) into the cache directory, once
 #      per box file
 #   4. none: a 512-byte boot sector, with a warning that this weaker probe can answer kvm where Linux then hangs
@@ -50,6 +50,7 @@ if ! [ -c /dev/kvm ] || ! [ -r /dev/kvm ] || ! [ -w /dev/kvm ]; then say "/dev/k
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 distro=${DISTRO:-${KILN_DISTRO:-debian-13}}
+build=${BUILD_DIR:-$repo/build}
 cachedir=${KILN_PROBE_CACHE:-/var/tmp/kiln-kvm-probe}
 mkdir -p "$cachedir"
 exec 9>"$cachedir/lock"
@@ -90,11 +91,11 @@ kernel=${PROBE_KERNEL:-}
 src="PROBE_KERNEL"
 if [ -z "$kernel" ]; then
   src="base disk"
-  kernel=$(newest "$repo/build/base/$distro.qcow2.vmlinuz")
-  [ -n "$kernel" ] || kernel=$(newest "$repo"/build/base/*.vmlinuz)
+  kernel=$(newest "$build/base/$distro.qcow2.vmlinuz")
+  [ -n "$kernel" ] || kernel=$(newest "$build"/base/*.vmlinuz)
 fi
 if [ -z "$kernel" ]; then
-  box=${KILN_BOX_FILE:-$(newest "$repo/build/$distro"/*.libvirt.box)}
+  box=${KILN_BOX_FILE:-$(newest "$build/$distro"/*.libvirt.box)}
   if [ -n "$box" ] && [ -r "$box" ]; then src="Vagrant box $(basename "$box")"; kernel=$(box_kernel "$box" || true); fi
 fi
 if [ -n "$kernel" ] && ! [ -r "$kernel" ]; then say "kernel $kernel is not readable"; kernel=""; fi
@@ -135,7 +136,7 @@ if [ -n "$kernel" ]; then
   want='VFS: Cannot open root|Kernel panic - not syncing|Unable to mount root'
   what="kernel $(basename "$kernel") ($src)"
 else
-  say "WARNING: no image kernel (build/base/*.vmlinuz from build-base-disk.sh, or build/$distro/*.libvirt.box):" \
+  say "WARNING: no image kernel ($build/base/*.vmlinuz from build-base-disk.sh, or $build/$distro/*.libvirt.box):" \
       "falling back to the weaker boot-sector probe, which can answer kvm on hosts where Linux then hangs at" \
       "'Loading Linux'; if a VM hangs there, use ACCEL=tcg / KILN_LIBVIRT_DRIVER=qemu"
   # mov dx,0x3f8; mov al,'O'; out dx,al; mov al,'K'; out dx,al; cli; hlt

@@ -27,7 +27,6 @@ build {
   provisioner "shell" {
     execute_command = local.sudo_exec
     inline = [
-      "cloud-init status --wait >/dev/null 2>&1 || cloud-init status --long || true",
       "mkdir -p /var/tmp/kiln/provision /var/tmp/kiln/app /var/tmp/kiln/wheelhouse /var/tmp/kiln/ca && chown -R ${var.ssh_username} /var/tmp/kiln",
     ]
   }

@@ -10,22 +10,10 @@ variable "distro" {
   description = "Target id, e.g. debian-13 or ubuntu-24.04 (matches provision/distro/<id>.sh)."
 }
 
-variable "base_image_url" {
-  type        = string
-  default     = ""
-  description = "Official cloud image (qcow2) URL. Empty: use base_disk, the disk built by scripts/build-base-disk.sh."
-}
-
-variable "base_image_checksum" {
-  type        = string
-  default     = "none"
-  description = "Checksum of base_image_url (e.g. sha256:..., or file:<url of SHA256SUMS>)."
-}
-
 variable "base_disk" {
   type        = string
   default     = "../build/base/debian-13.qcow2"
-  description = "Local base disk (qcow2) made by scripts/build-base-disk.sh; used when base_image_url is empty."
+  description = "The build VM's disk (qcow2): scripts/build.sh's copy of the base disk with this build's user and key."
 }
 
 variable "base_disk_checksum" {
@@ -64,12 +52,6 @@ variable "output_directory" {
 variable "vm_name" {
   type    = string
   default = "kiln.qcow2"
-}
-
-variable "http_directory" {
-  type        = string
-  default     = "../build/work/debian-13/http"
-  description = "NoCloud seed (user-data, meta-data) served by Packer's HTTP server; the build writes a fresh one."
 }
 
 variable "ssh_username" {

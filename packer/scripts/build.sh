@@ -4,7 +4,7 @@
 #   DISTRO=ubuntu-24.04 packer/scripts/build.sh
 # Stages (each prints its duration; all are recorded in the manifest, packer's phases too):
 #   deps -> base disk with the stack's distro packages || the app's wheelhouse (both native, in parallel, cached by
-#   inputs in build/cache) -> accelerator probe -> seed -> packer (boot, provision, verify, manifest, cleanup, scrub;
+#   inputs in build/cache) -> accelerator probe -> seed (build user in a copy of the base disk) -> packer (boot, provision, verify, manifest, cleanup, scrub;
 #   its console watched for a panic or a stuck kernel) -> compress (all host cores) -> vagrant box (loop-mount +
 #   chroot edit of a copy) -> manifest + SHA256SUMS
 # What is CPU-heavy is done natively: under emulation (TCG) the same apt or compiler work takes ~12x as long.
@@ -17,7 +17,7 @@
 #   KILN_COMMIT     [git rev-parse HEAD, "+dirty" when the tree has changes; "unknown" without commits]
 #   BUILD_DIR       [<repo>/build]
 #   PROVISION_DIR   provisioner tree [<repo>/provision]; APP_DIR [<repo>/app]; CA_CERTS_DIR [/usr/local/share/ca-certificates]
-#   BASE_IMAGE_URL / BASE_IMAGE_CHECKSUM  use an official cloud image instead of building the base disk
+#   BASE_IMAGE_URL / BASE_IMAGE_CHECKSUM (sha256:<hex>)  an official cloud image (qcow2) instead of the base disk
 #   PACKER_LOG=1    packer debug log; NO_BOX=1 skips the Vagrant box; FORCE_BASE=1 rebuilds the base disk
 #   KILN_CACHE_DIR  base disk builder roots and wheelhouses [<BUILD_DIR>/cache]; STALL_SECONDS [90] no console output
 #                   before systemd starts = a stuck kernel
@@ -45,6 +45,8 @@ name=kiln-$DISTRO-$KILN_VERSION
 KILN_CACHE_DIR=${KILN_CACHE_DIR:-$BUILD_DIR/cache}
 export KILN_CACHE_DIR
 wheelhouse=$KILN_CACHE_DIR/$DISTRO-wheelhouse
+base=$BUILD_DIR/base/$DISTRO.qcow2
+if [ -n "${BASE_IMAGE_URL:-}" ]; then base=$BUILD_DIR/base/$DISTRO-official.qcow2; fi
 mkdir -p "$out" "$work"
 stages_file=$work/stages.tsv
 : >"$stages_file"
@@ -58,7 +60,7 @@ cleanup() {
   # packer kills its own QEMU on error/interrupt; make sure none of this build's is left.
   for p in $(pgrep -f "qemu-system-x86_64.*$work/" 2>/dev/null || true); do kill "$p" 2>/dev/null || true; done
   if [ -n "$loop" ]; then partx -d "$loop" 2>/dev/null || true; losetup -d "$loop" 2>/dev/null || true; fi
-  rm -rf "$work/box" "$work/template" "$work/http"
+  rm -rf "$work/box" "$work/template" "$work/build-disk".*
   if [ $rc -ne 0 ]; then echo "==> build FAILED (rc=$rc) after $(( $(date +%s) - build_start ))s; logs in $work" >&2; fi
   exit $rc
 }
@@ -83,8 +85,21 @@ deps() {
 }
 
 base_disk() {
-  if [ -n "${BASE_IMAGE_URL:-}" ]; then echo "base: official image $BASE_IMAGE_URL"; return; fi
-  FORCE=${FORCE_BASE:-} "$repo/packer/scripts/build-base-disk.sh" "$DISTRO" "$BUILD_DIR/base/$DISTRO.qcow2"
+  if [ -n "${BASE_IMAGE_URL:-}" ]; then
+    # An official cloud image (qcow2) instead: downloaded once, checked against BASE_IMAGE_CHECKSUM (sha256:<hex>).
+    local want=${BASE_IMAGE_CHECKSUM:?set BASE_IMAGE_CHECKSUM=sha256:<hex> with BASE_IMAGE_URL}
+    [[ $want == sha256:* ]] || { echo "build: BASE_IMAGE_CHECKSUM must be sha256:<hex>" >&2; return 2; }
+    if [ "$(sha256sum "$base" 2>/dev/null | cut -d' ' -f1)" != "${want#sha256:}" ]; then
+      mkdir -p "$(dirname "$base")"
+      curl -fL --retry 3 -o "$base.tmp" "$BASE_IMAGE_URL"
+      [ "$(sha256sum "$base.tmp" | cut -d' ' -f1)" = "${want#sha256:}" ] \
+        || { echo "build: $BASE_IMAGE_URL does not match BASE_IMAGE_CHECKSUM" >&2; rm -f "$base.tmp"; return 1; }
+      mv -f "$base.tmp" "$base"
+    fi
+    echo "base: official image $BASE_IMAGE_URL ($base)"
+    return
+  fi
+  FORCE=${FORCE_BASE:-} "$repo/packer/scripts/build-base-disk.sh" "$DISTRO" "$base"
 }
 
 # Base disk and wheelhouse are independent and mostly download + native work: side by side on the host's cores.
@@ -109,25 +124,30 @@ probe() {
   echo "accelerator: $ACCEL"
 }
 
-seed() { # NoCloud seed for the build VM only: a throw-away user and key pair, made fresh for every build.
-  rm -rf "$work/http"; mkdir -p "$work/http"
-  ssh-keygen -q -t ed25519 -N '' -C "kiln-build-$KILN_VERSION" -f "$work/http/build_key"
-  # The private key must not be served: it moves next to the seed, out of the HTTP root.
-  mkdir -p "$work/keys"; mv -f "$work/http/build_key" "$work/keys/build_key"; mv -f "$work/http/build_key.pub" "$work/keys/"
-  cat >"$work/http/user-data" <<EOF
-#cloud-config
-# Kiln build VM only (packer); the user and its key are removed before the snapshot.
-users:
-  - name: kilnbuild
-    shell: /bin/bash
-    lock_passwd: true
-    sudo: "ALL=(ALL) NOPASSWD:ALL"
-    ssh_authorized_keys:
-      - $(cat "$work/keys/build_key.pub")
-ssh_pwauth: false
-EOF
-  printf 'instance-id: kiln-build-%s\nlocal-hostname: kiln-build\n' "$(date +%s)" >"$work/http/meta-data"
-  : >"$work/http/vendor-data"
+# The build VM's only way in: a throw-away user and key pair made for this build, written natively into a copy of
+# the base disk together with DHCP for its NIC, and cloud-init switched off for this boot only (under emulation its
+# four stages cost minutes before SSH; a server's first boot still runs it: guest-scrub.sh removes all three).
+seed() {
+  rm -rf "$work/keys" "$work/build-disk".*; mkdir -p "$work/keys"
+  ssh-keygen -q -t ed25519 -N '' -C "kiln-build-$KILN_VERSION" -f "$work/keys/build_key"
+  qemu-img convert -O raw "$base" "$work/build-disk.raw"
+  # shellcheck disable=SC2016  # expanded by disk-edit.sh
+  "$repo/packer/scripts/disk-edit.sh" "$work/build-disk.raw" '
+    mnt=$1 pub=$2 user=$3
+    chroot "$mnt" useradd --create-home --user-group --shell /bin/bash "$user"
+    chroot "$mnt" usermod -p "*" "$user"
+    install -d -m 0700 -o "$(chroot "$mnt" id -u "$user")" -g "$(chroot "$mnt" id -g "$user")" "$mnt/home/$user/.ssh"
+    install -m 0600 -o "$(chroot "$mnt" id -u "$user")" -g "$(chroot "$mnt" id -g "$user")" "$pub" \
+      "$mnt/home/$user/.ssh/authorized_keys"
+    printf "%s ALL=(ALL) NOPASSWD:ALL\n" "$user" >"$mnt/etc/sudoers.d/90-kiln-build"
+    chmod 0440 "$mnt/etc/sudoers.d/90-kiln-build"
+    chroot "$mnt" visudo -cqf /etc/sudoers.d/90-kiln-build
+    mkdir -p "$mnt/etc/systemd/network"
+    printf "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n" >"$mnt/etc/systemd/network/10-kiln-build.network"
+    touch "$mnt/etc/cloud/cloud-init.disabled"
+  ' "$work/keys/build_key.pub" kilnbuild
+  qemu-img convert -O qcow2 "$work/build-disk.raw" "$work/build-disk.qcow2"
+  rm -f "$work/build-disk.raw"
 }
 
 run_packer() {
@@ -146,11 +166,10 @@ run_packer() {
   local args=(
     -var-file="$repo/packer/$DISTRO.pkrvars.hcl"
     -var "accelerator=$ACCEL"
-    -var "base_disk=$BUILD_DIR/base/$DISTRO.qcow2"
-    -var "base_disk_checksum=sha256:$(sha256sum "$BUILD_DIR/base/$DISTRO.qcow2" | cut -d' ' -f1)"
+    -var "base_disk=$work/build-disk.qcow2"
+    -var "base_disk_checksum=sha256:$(sha256sum "$work/build-disk.qcow2" | cut -d' ' -f1)"
     -var "output_directory=$work/packer"
     -var "vm_name=$name.qcow2"
-    -var "http_directory=$work/http"
     -var "ssh_private_key_file=$work/keys/build_key"
     -var "serial_log=$work/serial.log"
     -var "manifest_dir=$work/manifest"
@@ -161,9 +180,6 @@ run_packer() {
     -var "kiln_version=$KILN_VERSION"
     -var "kiln_commit=$KILN_COMMIT"
   )
-  if [ -n "${BASE_IMAGE_URL:-}" ]; then
-    args+=(-var "base_image_url=$BASE_IMAGE_URL" -var "base_image_checksum=${BASE_IMAGE_CHECKSUM:?set BASE_IMAGE_CHECKSUM}")
-  fi
   (cd "$work/template" && packer validate "${args[@]}" .)
   watch_console &
   local watcher=$!
@@ -174,7 +190,7 @@ run_packer() {
   packer_phases "$work/packer.log" >>"$stages_file" || true
   [ "$rc" -eq 0 ] || return "$rc"
   [ -s "$work/packer/$name.qcow2" ] || { echo "build: packer produced no $work/packer/$name.qcow2" >&2; return 1; }
-  rm -rf "$work/keys"
+  rm -rf "$work/keys" "$work/build-disk".*
 }
 
 # The build VM's console: a panic or a kernel that never gets to systemd is reported and ends the build at once.

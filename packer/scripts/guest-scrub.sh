@@ -23,6 +23,9 @@ fi
 systemctl stop systemd-random-seed.service 2>/dev/null || true
 journalctl --relinquish-var 2>/dev/null || true
 rm -rf /tmp/kiln /tmp/kiln-manifest /tmp/kiln-manifest.tar /tmp/readyz.json
+# The build VM's own access (scripts/build.sh seed): its DHCP file and cloud-init switched off for this boot only.
+# (Its user and sudoers drop-in go with the shutdown command, which still needs them.)
+rm -f /etc/cloud/cloud-init.disabled /etc/systemd/network/10-kiln-build.network
 # Per-instance identity: a fresh machine-id, SSH host keys and cloud-init run on the first real boot.
 cloud-init clean --logs --seed >/dev/null 2>&1 || cloud-init clean --logs
 : >/etc/machine-id

@@ -17,11 +17,11 @@ else
   packer fmt -check "$repo/packer/plugins"
 fi
 # validate must not see an existing output directory, nor depend on a build: point every path at scratch space.
-mkdir -p "$tmp/http" "$tmp/wheelhouse"
+mkdir -p "$tmp/wheelhouse"
 for vf in "$repo"/packer/*.pkrvars.hcl; do
   if ! (cd "$tmp" && packer validate -var-file="$vf" -var "output_directory=$tmp/out" -var "base_disk=$tmp/none.qcow2" \
       -var "provision_dir=$repo/provision" -var "app_dir=$repo/app" -var "manifest_dir=$tmp/manifest" \
-      -var "serial_log=$tmp/serial.log" -var "http_directory=$tmp/http" -var "wheelhouse_dir=$tmp/wheelhouse" . >"$tmp/validate.log" 2>&1); then
+      -var "serial_log=$tmp/serial.log" -var "wheelhouse_dir=$tmp/wheelhouse" . >"$tmp/validate.log" 2>&1); then
     cat "$tmp/validate.log" >&2
     echo "packer validate FAILED: $(basename "$vf")" >&2
     exit 1

@@ -9,10 +9,8 @@ img=$1 box=$2 work=$3
 [ "$(id -u)" -eq 0 ] || { echo "make-vagrant-box: must run as root" >&2; exit 1; }
 rm -rf "$work"; mkdir -p "$work"
 work=$(cd "$work" && pwd)
-loop=""
 cleanup() {
   local rc=$?
-  if [ -n "$loop" ]; then partx -d "$loop" 2>/dev/null || true; losetup -d "$loop" 2>/dev/null || true; fi
   rm -rf "$work"
   exit $rc
 }
@@ -32,13 +30,9 @@ fi
 printf '%s' "$keys" >"$work/authorized_keys"
 
 qemu-img convert -O raw "$img" "$work/disk.raw"
-loop=$(losetup -f --show "$work/disk.raw")
-partx -a "$loop"
-[ -b "${loop}p1" ] || { echo "make-vagrant-box: ${loop}p1 did not appear" >&2; exit 1; }
-# shellcheck disable=SC2016
-unshare -m --propagation private -- bash -euo pipefail -c '
-  part=$1 mnt=$2 keys=$3
-  mkdir -p "$mnt"; mount "$part" "$mnt"
+# shellcheck disable=SC2016  # expanded by disk-edit.sh
+"$(dirname "$0")/disk-edit.sh" "$work/disk.raw" '
+  mnt=$1 keys=$2
   if ! chroot "$mnt" getent passwd vagrant >/dev/null; then
     chroot "$mnt" useradd --create-home --user-group --shell /bin/bash vagrant
   fi
@@ -63,10 +57,7 @@ unshare -m --propagation private -- bash -euo pipefail -c '
   mkdir -p "$mnt/etc/cloud/cloud.cfg.d"
   printf "# Vagrant box: no cloud, no default cloud user.\ndatasource_list: [ NoCloud, None ]\n" \
     >"$mnt/etc/cloud/cloud.cfg.d/99-vagrant.cfg"
-  fstrim "$mnt" 2>/dev/null || true
-  umount "$mnt"
-' _ "${loop}p1" "$work/mnt" "$work/authorized_keys"
-partx -d "$loop"; losetup -d "$loop"; loop=""
+' "$work/authorized_keys"
 
 qemu-img convert -O qcow2 -c -m 8 -W "$work/disk.raw" "$work/box.img"
 rm -f "$work/disk.raw"

@@ -116,6 +116,8 @@ for s in "$R"/etc/sudoers.d/*; do
 done
 [ -d "$R/var/lib/cloud/instances" ] && [ -n "$(ls -A "$R/var/lib/cloud/instances" 2>/dev/null)" ] && f+=("cloud-init instance state in /var/lib/cloud/instances (run cloud-init clean)")
 [ -e "$R/var/lib/cloud/instance" ] && f+=("/var/lib/cloud/instance link present")
+# The build VM's DHCP file (packer/scripts/build.sh seed): on a server, cloud-init renders the network config.
+[ -e "$R/etc/systemd/network/10-kiln-build.network" ] && f+=("build VM network file /etc/systemd/network/10-kiln-build.network")
 check "no build user, sudoers drop-ins or cloud-init instance state" "${f[@]}"
 
 # 5. per-instance identity

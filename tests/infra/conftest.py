@@ -294,9 +294,17 @@ def _kiln_lynis_early(request, _kiln_target):
     config.kiln_lynis = None
     selected = any(i.originalname == "test_lynis_hardening_index_meets_target" for i in request.session.items)
     if selected and os.environ.get("KILN_LYNIS_EARLY", "1") == "1" and "," not in (config.option.hosts or ""):
+        import testinfra
+
         from kilnlib import LynisRun, ssh_target
 
         opts, dest = ssh_target(config)
+        # Audit the settled system, as when it ran after the suites before it: boot finished (kiln-firstboot, a
+        # oneshot of multi-user.target, made the env file, secrets, database), no unit still starting.
+        target = testinfra.get_host(config.option.hosts.split(",")[0], ssh_config=config.option.ssh_config, sudo=True)
+        t0 = time.monotonic()
+        state = target.run("timeout 600 systemctl is-system-running --wait").stdout.strip()
+        sys.stderr.write(f"\nkiln: target {state or '?'} after waiting {time.monotonic() - t0:.0f}s for its boot\n")
         outdir = ROOT / ".vagrant" / "lynis"
         config.kiln_lynis = LynisRun(str(ROOT / "tests" / "hardening" / "lynis.sh"), opts, dest, str(outdir))
         sys.stderr.write(f"\nkiln: Lynis audit of {dest} started in the background (log {outdir}/lynis-run.log)\n")

@@ -15,7 +15,10 @@ import json
 import sys
 
 # Fields that differ between any two builds by their nature.
-EXPECTED = {"name", "version", "built_at", "stage_seconds", "build_seconds", "artifacts", "root_fs_used_bytes"}
+EXPECTED = {
+    "name", "version", "built_at", "stage_seconds", "build_seconds", "artifacts", "root_fs_used_bytes",
+    "release_stamp", "venv",  # both carry the version and the build date
+}
 
 
 def packages(m: dict, key: str) -> dict[str, str]:

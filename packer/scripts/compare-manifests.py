@@ -13,11 +13,19 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 # Fields that differ between any two builds by their nature.
 EXPECTED = {
-    "name", "version", "built_at", "stage_seconds", "build_seconds", "artifacts", "root_fs_used_bytes",
-    "release_stamp", "venv",  # both carry the version and the build date
+    "name",
+    "version",
+    "built_at",
+    "stage_seconds",
+    "build_seconds",
+    "artifacts",
+    "root_fs_used_bytes",
+    "release_stamp",
+    "venv",  # both carry the version and the build date
 }
 
 
@@ -47,7 +55,7 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
     try:
-        a, b = (json.load(open(f)) for f in argv[1:])
+        a, b = (json.loads(Path(f).read_text()) for f in argv[1:])
     except (OSError, ValueError) as e:
         print(f"compare-manifests: {e}", file=sys.stderr)
         return 2
@@ -60,9 +68,10 @@ def main(argv: list[str]) -> int:
         if a.get(k) != b.get(k):
             tag = "expected" if k in EXPECTED else "DIFF"
             print(f"{tag} {k}: {json.dumps(a.get(k))[:200]} (A) != {json.dumps(b.get(k))[:200]} (B)")
+    verdict = f"{len(pkg_diffs)} difference(s)" if pkg_diffs else "same"
     print(
-        f"packages: dpkg {a.get('dpkg_count')} vs {b.get('dpkg_count')}, pip {a.get('pip_count')} vs {b.get('pip_count')}"
-        f": {'same' if not pkg_diffs else f'{len(pkg_diffs)} difference(s)'}"
+        f"packages: dpkg {a.get('dpkg_count')} vs {b.get('dpkg_count')}, "
+        f"pip {a.get('pip_count')} vs {b.get('pip_count')}: {verdict}"
     )
     return 1 if pkg_diffs else 0
 

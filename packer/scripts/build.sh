@@ -125,7 +125,7 @@ probe() {
 }
 
 # The build VM's only way in: a throw-away user and key pair made for this build, written natively into a copy of
-# the base disk together with DHCP for its NIC, and cloud-init switched off for this boot only (under emulation its
+# the base disk together with DHCP for its NIC and SSH host keys, and cloud-init switched off for this boot only (under emulation its
 # four stages cost minutes before SSH; a server's first boot still runs it: guest-scrub.sh removes all three).
 seed() {
   rm -rf "$work/keys" "$work/build-disk".*; mkdir -p "$work/keys"
@@ -145,6 +145,8 @@ seed() {
     mkdir -p "$mnt/etc/systemd/network"
     printf "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n" >"$mnt/etc/systemd/network/10-kiln-build.network"
     touch "$mnt/etc/cloud/cloud-init.disabled"
+    # SSH host keys for the build VM only (cloud-init would have made them): cleanup.sh and guest-scrub.sh remove them.
+    chroot "$mnt" ssh-keygen -A >/dev/null
   ' "$work/keys/build_key.pub" kilnbuild
   qemu-img convert -O qcow2 "$work/build-disk.raw" "$work/build-disk.qcow2"
   rm -f "$work/build-disk.raw"

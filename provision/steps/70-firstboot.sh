@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# step: first-boot unit (per-instance secrets, TLS, DB, migrations), the operator commands, SSH host keys at boot
+# step: first-boot unit (per-instance secrets, TLS, DB, migrations), the operator commands, SSH host keys at boot,
+# supervisord woken at start (the path to the first served request)
 set -euo pipefail
 # shellcheck source=provision/lib/common.sh
 . "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
@@ -17,3 +18,7 @@ if put etc/systemd/system/sshd-keygen.service.d/kiln.conf; then need_restart dae
 if [ -d /etc/cloud ] && { [ -e /usr/lib/systemd/system/sshd-keygen.service ] || [ -e /lib/systemd/system/sshd-keygen.service ]; }; then
   put etc/cloud/cloud.cfg.d/60-kiln-ssh-hostkeys.cfg || true
 fi
+
+# supervisord waits up to 1 s for a client before it spawns its programs (see the unit): woken at every start.
+if put etc/systemd/system/kiln-supervisor-kick.service; then need_restart daemon-reload; fi
+svc_enable kiln-supervisor-kick.service || true

@@ -24,7 +24,8 @@ distro=$1 out=$2
 [ "$(id -u)" -eq 0 ] || { echo "build-base-disk: must run as root (mmdebstrap, losetup, mount)" >&2; exit 1; }
 size=${BASE_DISK_SIZE:-4G}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-KILN_PROVISION_DIR=$repo/provision KILN_DISTRO=$distro
+# Read by the sourced common.sh (load_distro) below.
+export KILN_PROVISION_DIR=$repo/provision KILN_DISTRO=$distro
 # shellcheck source=provision/lib/common.sh
 . "$repo/provision/lib/common.sh"
 if [ -r "$repo/provision/distro/$distro.sh" ]; then load_distro; mapfile -t stack < <(stack_packages); else stack=(); fi

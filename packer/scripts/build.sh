@@ -14,7 +14,7 @@
 #   DISTRO          debian-13 | ubuntu-24.04 [debian-13]
 #   ACCEL           kvm | tcg [probe: packer/scripts/kvm-probe.sh]
 #   KILN_VERSION    release version [<UTC date>.<time>, e.g. 2026.11.28.0315]
-#   KILN_COMMIT     [git rev-parse HEAD, "+dirty" when the tree has changes; "unknown" without commits]
+#   KILN_COMMIT     [tools/commit-id.sh: git rev-parse HEAD, "+dirty" when the tree has changes; "unknown" without git]
 #   BUILD_DIR       [<repo>/build]
 #   PROVISION_DIR   provisioner tree [<repo>/provision]; APP_DIR [<repo>/app]; CA_CERTS_DIR [/usr/local/share/ca-certificates]
 #   BASE_IMAGE_URL / BASE_IMAGE_CHECKSUM (sha256:<hex>)  an official cloud image (qcow2) instead of the base disk
@@ -30,10 +30,7 @@ PROVISION_DIR=${PROVISION_DIR:-$repo/provision}
 APP_DIR=${APP_DIR:-$repo/app}
 CA_CERTS_DIR=${CA_CERTS_DIR:-/usr/local/share/ca-certificates}
 KILN_VERSION=${KILN_VERSION:-$(date -u +%Y.%m.%d.%H%M)}
-if [ -z "${KILN_COMMIT:-}" ]; then
-  KILN_COMMIT=$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)
-  if [ "$KILN_COMMIT" != unknown ] && [ -n "$(git status --porcelain 2>/dev/null)" ]; then KILN_COMMIT+="+dirty"; fi
-fi
+KILN_COMMIT=${KILN_COMMIT:-$("$repo/tools/commit-id.sh")}
 [ -f "packer/$DISTRO.pkrvars.hcl" ] || { echo "build: unknown DISTRO=$DISTRO (no packer/$DISTRO.pkrvars.hcl)" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "build: run as root (mmdebstrap, loop devices)" >&2; exit 1; }
 for d in "$PROVISION_DIR" "$APP_DIR"; do [ -d "$d" ] || { echo "build: missing $d" >&2; exit 1; }; done

@@ -52,14 +52,11 @@ build {
   }
 
   provisioner "shell" {
-    execute_command  = local.sudo_exec
-    environment_vars = ["KILN_VERSION=${var.kiln_version}", "KILN_COMMIT=${var.kiln_commit}", "KILN_WHEELHOUSE=/var/tmp/kiln/wheelhouse", "DEBIAN_FRONTEND=noninteractive"]
+    execute_command = local.sudo_exec
+    # KILN_BUILD_CA_DIR: install.sh trusts the build host's CAs (an intercepting proxy's) for its own run only.
+    environment_vars = ["KILN_VERSION=${var.kiln_version}", "KILN_COMMIT=${var.kiln_commit}", "KILN_WHEELHOUSE=/var/tmp/kiln/wheelhouse", "KILN_BUILD_CA_DIR=/var/tmp/kiln/ca", "DEBIAN_FRONTEND=noninteractive"]
     inline = [
       "set -eu",
-      "# The build host's CAs (an intercepting proxy's) are trusted by this process tree only, through a bundle beside",
-      "# the system's: the image's trust store is never touched (update-ca-certificates costs minutes under TCG).",
-      "cat /etc/ssl/certs/ca-certificates.crt /var/tmp/kiln/ca/*.crt >/var/tmp/kiln/ca-bundle.pem 2>/dev/null || true",
-      "export SSL_CERT_FILE=/var/tmp/kiln/ca-bundle.pem PIP_CERT=/var/tmp/kiln/ca-bundle.pem CURL_CA_BUNDLE=/var/tmp/kiln/ca-bundle.pem REQUESTS_CA_BUNDLE=/var/tmp/kiln/ca-bundle.pem",
       "chown -R root:root /var/tmp/kiln/provision /var/tmp/kiln/app /var/tmp/kiln/wheelhouse",
       "# Image-build practice: packages do not start their daemons from postinst; provision/ starts what it needs.",
       "# dpkg skips its fsyncs for the throw-away build VM (the image is synced and trimmed before the snapshot).",

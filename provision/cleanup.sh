@@ -69,8 +69,9 @@ rm -rf /root/.ssh /root/.cache
 for h in /home/*; do [ -d "$h" ] && rm -f "$h"/.bash_history "$h"/.mysql_history "$h"/.python_history; done
 
 step "build-time CA certificates"
-# Rebuilding the trust store takes minutes under emulation: only when a build CA was really in it (the Packer build
-# trusts its host's CAs through a bundle outside the store; Vagrant's KILN_BUILD_CA_DIR installs them into it).
+# install.sh trusts KILN_BUILD_CA_DIR through a bundle outside the store, so a build leaves nothing here; a system
+# provisioned by an older install.sh may still hold kiln-build/ in it. Rebuilding the store takes minutes under
+# emulation: only when a CA was really in it.
 ca_dirty=0
 [ -d /usr/local/share/ca-certificates/kiln-build ] && ca_dirty=1
 rm -rf /usr/local/share/ca-certificates/kiln-build

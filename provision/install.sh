@@ -6,8 +6,11 @@
 # Environment (all optional):
 #   KILN_VERSION        release name for /srv/kiln/releases/<version> [default: 0.0.0+<app content hash>]
 #   KILN_COMMIT         VCS commit recorded in /etc/kiln/release [default: unknown]
-#   KILN_BUILD_CA_DIR   directory of extra *.crt to trust while building (intercepting proxy / corporate CA);
-#                       installed to /usr/local/share/ca-certificates/kiln-build/, removed by provision/cleanup.sh
+#   KILN_BUILD_CA_DIR   directory of extra *.crt (also in subdirectories) to trust while provisioning (an
+#                       intercepting proxy's / corporate CA): this run's process tree gets a bundle of the system's
+#                       CAs plus these in a temporary file (SSL_CERT_FILE, PIP_CERT, CURL_CA_BUNDLE,
+#                       REQUESTS_CA_BUNDLE, apt's Acquire::https::CaInfo via APT_CONFIG); the trust store is never
+#                       touched, and the bundle is removed when install.sh exits
 #   KILN_WHEELHOUSE     directory of prebuilt wheels for the app's lock (packer/scripts/build-wheelhouse.sh): the
 #                       release venv is installed offline from it, without build deps [default: pip from PyPI]
 #   KILN_DISTRO         force the distro profile (debian-13 | ubuntu-24.04) [default: from /etc/os-release]
@@ -24,17 +27,43 @@ load_distro
 [ -d "$KILN_APP_SRC" ] || die "app source directory not found: $KILN_APP_SRC (set KILN_APP_SRC)"
 [ -f "$KILN_APP_SRC/requirements.txt" ] || die "missing required file $KILN_APP_SRC/requirements.txt (the app's lock file)"
 [ -f "$KILN_APP_SRC/manage.py" ] || die "missing required file $KILN_APP_SRC/manage.py"
+if [ -n "${KILN_BUILD_CA_DIR:-}" ] && [ ! -d "$KILN_BUILD_CA_DIR" ]; then
+  die "KILN_BUILD_CA_DIR=$KILN_BUILD_CA_DIR is not a directory (a directory of *.crt, or unset for none)"
+fi
 # Host-side pip settings must never leak into the image build.
 unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_NO_INDEX
 
-KILN_CHANGES=$(mktemp /tmp/kiln-provision.XXXXXX)
+# This run's scratch space: the change log the steps append to, the build CA bundle. Readable by all: apt's
+# download methods run as _apt and read the bundle (nothing secret is kept here).
+KILN_TMP=$(mktemp -d /tmp/kiln-provision.XXXXXX)
+trap 'rm -rf "$KILN_TMP"' EXIT
+chmod 0755 "$KILN_TMP"
+KILN_CHANGES=$KILN_TMP/changes
+: >"$KILN_CHANGES"
 export KILN_CHANGES
-trap 'rm -f "$KILN_CHANGES"' EXIT
 
 only=("$@")
 total_start=$(date +%s)
 printf '==> kiln provision: %s (%s), app %s, %s\n' "$KILN_DISTRO" "$DISTRO_PRETTY" "$KILN_APP_SRC" \
   "$(booted && echo 'systemd running' || echo 'offline/chroot: services are enabled, not started')"
+
+# Build CAs are trusted by this process tree only, never through the trust store: installing them there made
+# every provision a change (update-ca-certificates rewrote /etc/ssl/certs: a minute under emulation) and left them for
+# cleanup.sh to take out of the image again. Services started through systemctl do not inherit the variables.
+# apt's https method (GnuTLS) reads no SSL_CERT_FILE, hence its own setting, added to its configuration by APT_CONFIG.
+if [ -n "${KILN_BUILD_CA_DIR:-}" ]; then
+  mapfile -t build_cas < <(find "$KILN_BUILD_CA_DIR" -name '*.crt' -xtype f | LC_ALL=C sort)
+  if [ ${#build_cas[@]} -gt 0 ]; then
+    bundle=$KILN_TMP/ca-bundle.pem system_cas=/etc/ssl/certs/ca-certificates.crt
+    if [ -f "$system_cas" ]; then cat "$system_cas" >"$bundle"; else warn "no $system_cas: only the build CAs are trusted"; fi
+    cat "${build_cas[@]}" >>"$bundle"
+    printf 'Acquire::https::CaInfo "%s";\n' "$bundle" >"$KILN_TMP/apt.conf"
+    export SSL_CERT_FILE=$bundle PIP_CERT=$bundle CURL_CA_BUNDLE=$bundle REQUESTS_CA_BUNDLE=$bundle \
+      APT_CONFIG=$KILN_TMP/apt.conf
+    log "build CAs trusted by this run only (${bundle}): ${build_cas[*]##*/}"
+  fi
+fi
+
 for step in "$KILN_PROVISION_DIR"/steps/[0-9][0-9]-*.sh; do
   name=$(basename "$step" .sh)
   if [ ${#only[@]} -gt 0 ]; then

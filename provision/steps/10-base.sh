@@ -1,22 +1,8 @@
 #!/usr/bin/env bash
-# step: base system: build CA, packages, UTC, locale, unattended security upgrades, user kiln, directories
+# step: base system: packages, UTC, locale, unattended security upgrades, user kiln, directories
 set -euo pipefail
 # shellcheck source=provision/lib/common.sh
 . "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
-
-# Extra CAs needed while building (e.g. an intercepting HTTPS proxy). Removed again by cleanup.sh.
-if [ -n "${KILN_BUILD_CA_DIR:-}" ]; then
-  [ -d "$KILN_BUILD_CA_DIR" ] || die "KILN_BUILD_CA_DIR=$KILN_BUILD_CA_DIR is not a directory"
-  ca_changed=0
-  for crt in "$KILN_BUILD_CA_DIR"/*.crt; do
-    [ -e "$crt" ] || continue
-    install_file "$crt" "/usr/local/share/ca-certificates/kiln-build/$(basename "$crt")" 0644 && ca_changed=1
-  done
-  if [ "$ca_changed" -eq 1 ]; then
-    command -v update-ca-certificates >/dev/null || apt_install ca-certificates
-    update-ca-certificates >/dev/null
-  fi
-fi
 
 # The distro's security archive, before anything is installed (so packages come with their security fixes).
 # Official cloud images carry it; a bare debootstrap or an old box may not.

@@ -164,7 +164,13 @@ service_checks() { # service_checks PHASE
   check "$1: GET https://127.0.0.1/readyz -> 200 (self-signed, -k)" test "$(http_code https://127.0.0.1/readyz)" = 200
 }
 
+trust_store() { # the CA trust store's names, link targets and contents, read from the host (both install modes)
+  (cd "$ROOT" && find etc/ssl/certs usr/local/share/ca-certificates -printf '%p %y %l\n' | LC_ALL=C sort &&
+   find etc/ssl/certs usr/local/share/ca-certificates -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum)
+}
+
 # ---------------------------------------------------------------- 1. install
+trust_store >"$WORK/trust-store-0.txt"
 if [ "$MODE" = booted ]; then
   say "boot the bare rootfs, then install.sh inside the running system (as Packer/Vagrant do)"
   boot bare
@@ -184,6 +190,18 @@ else
   INSTALL_SECS=$(( $(date +%s) - t0 ))
 fi
 echo "  install.sh took ${INSTALL_SECS}s"
+# The build CAs are trusted through install.sh's own bundle (pip above fetched from the index through it when the
+# host's egress is intercepted); the store stays as the distro made it.
+if compgen -G "$ROOT/opt/kiln-src/build-ca/*.crt" >/dev/null; then
+  check "install.sh trusted the build CAs for its own run (a bundle outside the store)" \
+    grep -q 'build CAs trusted by this run only' "$WORK/install-1.log"
+fi
+trust_store >"$WORK/trust-store-1.txt"
+if diff -u "$WORK/trust-store-0.txt" "$WORK/trust-store-1.txt" >"$WORK/trust-store.diff"; then
+  ok "CA trust store (/etc/ssl/certs, /usr/local/share/ca-certificates) unchanged by install.sh"
+else
+  bad "install.sh changed the CA trust store:"; head -20 "$WORK/trust-store.diff" | sed 's/^/      /'
+fi
 
 # ---------------------------------------------------------------- 2. first boot
 say "boot: first boot of this instance"

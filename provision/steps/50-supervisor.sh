@@ -7,6 +7,7 @@ set -euo pipefail
 apt_install "${PKG_WEB[@]}"
 if put usr/local/bin/kiln-reap-group 0755; then need_restart kiln-web; need_restart kiln-worker; fi
 if put usr/local/bin/kiln-gunicorn 0755; then need_restart kiln-web; fi
+if put usr/local/lib/kiln/gunicorn.conf.py; then need_restart kiln-web; fi
 if put usr/local/bin/kiln-rqworker 0755; then need_restart kiln-worker; fi
 if put etc/supervisor/conf.d/kiln.conf; then need_reload supervisor; fi
 if put etc/systemd/system/supervisor.service.d/kiln.conf; then need_restart daemon-reload; fi

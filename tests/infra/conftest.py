@@ -11,12 +11,13 @@ Targets:
   * any host: pytest tests/infra --hosts=ssh://admin@203.0.113.7 [--ssh-config=FILE] --sudo
     (tests that need Vagrant itself - `vagrant provision` in test_idempotence - are skipped then).
 
-Order: state, http, security basics, hardening (Lynis: ~10 min under TCG), jobs, restart, reboot, idempotence
-(disruptive last).
+Order: state, http, security basics, hardening, jobs, then the Lynis test (it collects the audit started in the
+background when the target came up: ~25 min under TCG, so it overlaps every suite that leaves services running),
+restart, reboot, idempotence (disruptive last: a reboot would end the audit, a kill could show it a service down).
 Environment: KILN_DESTROY=1, KILN_RESTART_TIMEOUT (seconds for a killed service to serve again) [10; 20 under TCG],
 KILN_BOOT_TIMEOUT (seconds for a reboot) [300], KILN_KERNEL_STALL (seconds without serial output in the kernel phase
 of a boot before it counts as hung) [90], KILN_LYNIS_EARLY (1: when the Lynis test is selected, start the audit in the
-background as soon as the target is up, while the read-only suites run; 0: run it in test_hardening) [1].
+background as soon as the target is up, while the suites before its test run; 0: run it in test_hardening) [1].
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ ORDER = [
     "test_security_basics",
     "test_hardening",
     "test_jobs",
+    "test_hardening::test_lynis_hardening_index_meets_target",
     "test_restart",
     "test_reboot",
     "test_idempotence",
@@ -65,7 +67,10 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     def key(item):
         mod = item.module.__name__.rsplit(".", 1)[-1]
-        return ORDER.index(mod) if mod in ORDER else len(ORDER)
+        for name in (f"{mod}::{item.originalname}", mod):
+            if name in ORDER:
+                return ORDER.index(name)
+        return len(ORDER)
 
     items.sort(key=key)  # stable: keeps the order inside a module
     if not config.kiln_vagrant:
@@ -286,9 +291,11 @@ def _kiln_target(kiln_vm):
 def _kiln_lynis_early(request, _kiln_target):
     """Start the Lynis audit in the background once the target is up, when the Lynis test is selected.
 
-    The audit only reads the system: it may overlap the suites before it, which only read too (state, http, security
-    basics, hardening; http stops kiln-web for a moment), never the disruptive ones after it (jobs, restart, reboot,
-    idempotence): test_lynis_hardening_index_meets_target waits for the audit before they start.
+    The audit only reads the system: it may overlap the suites before its test (state, http, security basics,
+    hardening, jobs: http stops kiln-web for a moment, jobs kills rq workers and restarts the queue Redis, while nginx,
+    MariaDB and the cache Redis, whose presence Lynis checks, stay up), never the ones after it (restart kills every
+    service, reboot would end the audit, idempotence runs apt): test_lynis_hardening_index_meets_target waits for the
+    audit before they start.
     """
     config = request.config
     config.kiln_lynis = None

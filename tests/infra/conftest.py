@@ -27,6 +27,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -118,6 +119,13 @@ class SerialWatch:
         return None
 
 
+def _stamp_lines(stream, log) -> None:
+    """Copy a child's output to `log`, each line prefixed with the time (progress bars: their last state only)."""
+    for line in stream:
+        log.write(f"{time.strftime('%T')} {line.rstrip().rsplit(chr(13), 1)[-1]}\n")
+        log.flush()
+
+
 class KilnVM:
     """The repo's Vagrant machine: boot with panic detection, ssh-config, provision."""
 
@@ -196,7 +204,17 @@ class KilnVM:
             with self.log.open("a") as log:
                 log.write(f"\n=== {cmd} (attempt {attempt}) {time.strftime('%T')}\n")
                 log.flush()
-                proc = subprocess.Popen(["vagrant", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(
+                    ["vagrant", *args],
+                    cwd=ROOT,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    errors="replace",
+                )
+                # every line timestamped: where a `vagrant up` spends its minutes (box upload, boot, key, rsync)
+                stamper = threading.Thread(target=_stamp_lines, args=(proc.stdout, log), daemon=True)
+                stamper.start()
                 deadline = time.monotonic() + timeout
                 trouble = None
                 while proc.poll() is None and time.monotonic() < deadline:
@@ -216,6 +234,7 @@ class KilnVM:
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait()
+                stamper.join(10)
             if trouble:
                 kind, what = trouble
                 if kind == "panic":

@@ -9,13 +9,15 @@ So a worker takes an import slot before it imports the app and gives it back onc
 worker of this master serves, there is one slot: the first import runs alone, with a CPU to itself (kill -> 200:
 13 s, same machine). From then on there is one slot per CPU (the rest of the workers; a HUP's new workers, while
 the old ones keep serving). A worker that dies holding a slot frees it (the kernel drops its flock). Waiting workers
-keep their heartbeat, so gunicorn's --timeout never kills them for waiting.
+keep their heartbeat, so gunicorn's --timeout never kills them for waiting, and exit at once when the master stops.
 """
 
 import contextlib
 import fcntl
 import glob
 import os
+import signal
+import sys
 import time
 
 
@@ -26,8 +28,17 @@ def _serving_marker(worker) -> tuple[str, str]:
 
 
 def post_fork(server, worker):
+    # Until init_process() installs the worker's own handlers, this child still has the master's, which would
+    # swallow the master's TERM/QUIT/INT (a stop or a HUP while workers wait here hung for --graceful-timeout, 30 s):
+    # a waiting worker has nothing to finish and exits at once; one signalled after taking its slot stops as soon as
+    # its app is loaded (post_worker_init).
+    worker._kiln_stop = []
+    for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: worker._kiln_stop.append(signum))
     run_dir, serving = _serving_marker(worker)
     while True:
+        if worker._kiln_stop:
+            sys.exit(0)
         slots = max(1, len(os.sched_getaffinity(0))) if os.path.exists(serving) else 1
         for i in range(slots):
             fd = os.open(os.path.join(run_dir, f"gunicorn-import-slot.{i}"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -43,6 +54,8 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
+    if getattr(worker, "_kiln_stop", None):
+        worker.alive = False  # signalled between taking its slot and installing its handlers
     fd = getattr(worker, "_kiln_import_slot", None)
     if fd is None:
         return

@@ -343,9 +343,9 @@ def _kiln_lynis_early(request, _kiln_target):
 def restart_timeout(host) -> float:
     """Seconds a killed service may take to serve again: 10, doubled when the target is emulated (TCG).
 
-    Under TCG every gunicorn worker needs ~5 s of emulated CPU to import Django, and 2*CPU+1 of them boot at once
-    on 2 vCPUs: ~12 s from kill -9 to the first 200, where KVM or real hardware takes 1-2 s. systemd-detect-virt
-    tells them apart ("qemu" = emulation, "kvm" = hardware virtualisation).
+    Under TCG one gunicorn worker needs ~8 s of emulated CPU to import Django (the first one imports alone:
+    gunicorn.conf.py): 13-17 s from kill -9 to the first 200 on our slower machine, where KVM or real hardware takes
+    1-2 s. systemd-detect-virt tells them apart ("qemu" = emulation, "kvm" = hardware virtualisation).
     """
     if "KILN_RESTART_TIMEOUT" in os.environ:
         return float(os.environ["KILN_RESTART_TIMEOUT"])

@@ -117,6 +117,21 @@ def unmanaged_app_processes(host, supervisord: int) -> list[str]:
     return [f"{p.pid} ppid={p.ppid} {p.args}" for p in app_processes(host) if not managed(p.pid)]
 
 
+def test_stop_while_workers_boot_does_not_wait_out_the_graceful_timeout(host):
+    """A stop right after a start (workers still waiting for their import slot) ends when the workers do, not after
+    gunicorn's --graceful-timeout and a SIGKILL: waiting workers must obey the master's TERM."""
+    graceful = int(out(host, "grep -o -- '--graceful-timeout [0-9]*' /usr/local/bin/kiln-gunicorn").split()[-1])
+    sh(host, "supervisorctl restart kiln-web", timeout=120)
+    t0 = time.monotonic()
+    res = sh(host, "supervisorctl stop kiln-web", ok=None, timeout=120)
+    took = time.monotonic() - t0
+    log = tail(host, WEB_LOG, 25)
+    sh(host, "supervisorctl start kiln-web", timeout=120)
+    print(f"kiln-web: stop during the workers' boot took {took:.1f}s (rc={res.rc})")
+    assert res.rc == 0, f"supervisorctl stop kiln-web: rc={res.rc}\n{res.stdout}{res.stderr}"
+    assert took < graceful, f"stop took {took:.1f}s: the workers waited out the graceful timeout\n{log}"
+
+
 def test_each_rq_worker_restarts_after_kill(host, restart_timeout):
     for name in worker_names(host):
         before, after, took = _program_comes_back(host, name, restart_timeout)

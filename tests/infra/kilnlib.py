@@ -47,6 +47,16 @@ def out(host, cmd: str, **kw) -> str:
     return sh(host, cmd, **kw).stdout.strip()
 
 
+def _evidence_text(evidence) -> str:
+    """What a failed wait adds to its message: evidence()'s output, best effort."""
+    if evidence is None:
+        return ""
+    try:
+        return "\n--- evidence ---\n" + str(evidence())
+    except Exception as exc:  # noqa: BLE001 - evidence is best effort
+        return f"\n--- evidence unavailable: {exc}"
+
+
 def wait_for(fn, timeout: float, interval: float = 1.0, what: str = "condition", evidence=None):
     """Call fn() until it returns a truthy value; on timeout fail with the last value (and evidence() output)."""
     deadline = time.monotonic() + timeout
@@ -63,14 +73,9 @@ def wait_for(fn, timeout: float, interval: float = 1.0, what: str = "condition",
         if ok:
             return last
         if time.monotonic() >= deadline:
-            extra = ""
-            if evidence is not None:
-                try:
-                    extra = "\n--- evidence ---\n" + str(evidence())
-                except Exception as exc:  # noqa: BLE001 - evidence is best effort
-                    extra = f"\n--- evidence unavailable: {exc}"
             raise AssertionError(
-                f"timed out after {time.monotonic() - start:.1f}s waiting for {what}; last seen: {last!r}{extra}"
+                f"timed out after {time.monotonic() - start:.1f}s waiting for {what}; last seen: {last!r}"
+                f"{_evidence_text(evidence)}"
             )
         time.sleep(interval)
 
@@ -86,14 +91,9 @@ def wait_in_guest(host, cond: str, timeout: float, what: str, interval: float = 
     res = host.run(f"timeout {max(1, math.ceil(timeout))} sh -c {shlex.quote(loop)}")
     took = time.monotonic() - t0
     if res.rc != 0:
-        ev = ""
-        if evidence is not None:
-            try:
-                ev = f"\n--- evidence ---\n{evidence()}"
-            except AssertionError as exc:
-                ev = f"\n--- evidence ---\n<evidence failed: {exc}>"
         raise AssertionError(
-            f"timed out after {took:.1f}s waiting for {what} (rc={res.rc}; condition: {cond}){res.stderr[-500:]}{ev}"
+            f"timed out after {took:.1f}s waiting for {what} (rc={res.rc}; condition: {cond}){res.stderr[-500:]}"
+            f"{_evidence_text(evidence)}"
         )
     return took
 

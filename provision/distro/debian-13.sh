@@ -1,6 +1,8 @@
 # shellcheck shell=bash disable=SC2034
 # Debian 13 (trixie): package names, service names and paths. Sourced by lib/common.sh:load_distro.
 DISTRO_PRETTY="Debian 13 (trixie)"
+# Vagrant guest plugin (the Vagrantfile reads it: a named guest skips probing ~40 guest types over SSH)
+VAGRANT_GUEST=debian
 # systemd-native locale file (trixie makes /etc/default/locale a symlink to it)
 LOCALE_FILE=/etc/locale.conf
 PKG_BASE=(ca-certificates curl openssl tzdata unattended-upgrades openssh-client
@@ -10,6 +12,8 @@ DB_SERVICE=mariadb.service
 DB_CONF_DIR=/etc/mysql/mariadb.conf.d
 DB_CLIENT=mariadb
 DB_SOCKET=/run/mysqld/mysqld.sock
+# Drop-ins of files/etc/systemd/system/mariadb.service.d/ this server also gets (besides kiln.conf)
+DB_UNIT_EXTRA=(kiln-start.conf)
 PKG_REDIS=(redis-server redis-tools)
 PKG_WEB=(nginx supervisor)
 PKG_FIREWALL=(ufw)

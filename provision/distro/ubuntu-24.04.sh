@@ -2,11 +2,15 @@
 # Ubuntu 24.04 (noble): MySQL 8.0 instead of MariaDB. NOT verified from the build host (no Ubuntu archive there);
 # kept small and honest: only names and paths differ, the steps are the same.
 DISTRO_PRETTY="Ubuntu 24.04 (noble)"
+# Vagrant guest plugin (the Vagrantfile reads it: a named guest skips probing ~40 guest types over SSH)
+VAGRANT_GUEST=ubuntu
 LOCALE_FILE=/etc/default/locale
 PKG_BASE=(ca-certificates curl openssl tzdata unattended-upgrades openssh-client
           python3 python3-venv procps iproute2)
 PKG_DB_SERVER=(mysql-server mysql-client)
 DB_SERVICE=mysql.service
+# Drop-ins of files/etc/systemd/system/mariadb.service.d/ this server also gets (besides kiln.conf): none for MySQL
+DB_UNIT_EXTRA=()
 DB_CONF_DIR=/etc/mysql/mysql.conf.d
 DB_CLIENT=mysql
 DB_SOCKET=/run/mysqld/mysqld.sock

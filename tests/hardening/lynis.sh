@@ -9,6 +9,8 @@
 #                              sources (the candidate the target's apt would install), copies both in and dpkg -i's
 #                              the .deb: no apt download/parse inside a TCG guest (LYNIS_INSTALL=guest: apt in the
 #                              target, as before; also the fallback). Lynis refreshes the lists itself (PKGS-7392).
+# Env: LYNIS_FASTLOG [1]: run Lynis with bash and lynis-fastlog.bash (its log stamps and DEB-0001's counter without
+#   an exec each: ~10 min less under TCG, same checks); 0: as installed, under /bin/sh.
 #   -t  minimum hardening index [85]       -w  waiver file [tests/hardening/lynis-waivers.txt]
 #   -o  keep lynis-report.dat, lynis.log and lynis.out in OUTDIR
 # Exit: 0 pass; 1 index below threshold or unwaived warnings/skips; 2 usage or the audit could not run.
@@ -29,6 +31,12 @@ TARGET=$1
 [ -r "$WAIVERS" ] || { echo "lynis: waiver file $WAIVERS not readable" >&2; exit 2; }
 
 WORK=$(mktemp -d /tmp/kiln-lynis.XXXXXX)
+FASTLOG=/tmp/kiln-lynis-fastlog.bash # inside the target
+case ${LYNIS_FASTLOG:-1} in
+  1) LYNIS_CMD=(env "BASH_ENV=$FASTLOG" bash /usr/sbin/lynis) ;;
+  0) LYNIS_CMD=(/usr/sbin/lynis) ;;
+  *) echo "lynis: LYNIS_FASTLOG must be 0 or 1, not '$LYNIS_FASTLOG'" >&2; exit 2 ;;
+esac
 LYNIS_ARGS=(audit system --quick --no-colors --report-file /tmp/kiln-lynis-report.dat --logfile /tmp/kiln-lynis.log)
 # shellcheck source=tests/hardening/nspawn-lib.sh
 . "$HERE/nspawn-lib.sh"
@@ -69,7 +77,7 @@ case $TARGET in
     read -r -a sshopts <<<"${LYNIS_SSH_OPTS:-}"
     rsh() { ssh "${sshopts[@]}" -o BatchMode=yes "$dest" "$@"; }
     env_desc="ssh $dest: $(rsh 'uname -r; systemd-detect-virt' | paste -sd' ')"
-    if ! rsh 'command -v lynis >/dev/null'; then
+    if ! rsh 'test -x /usr/sbin/lynis'; then
       ti=$(date +%s)
       if [ "${LYNIS_INSTALL:-host}" = host ] && install_from_host; then
         echo "lynis: installed $(basename "$WORK/apt/"lynis_*.deb) with the target's apt lists, fetched on this host, in $(( $(date +%s) - ti ))s" >&2
@@ -81,7 +89,8 @@ case $TARGET in
       fi
     fi
     echo "lynis: auditing $dest (under TCG this takes 15-26 minutes)" >&2
-    rsh "sudo lynis ${LYNIS_ARGS[*]}" >"$WORK/lynis.out" 2>&1 || true
+    rsh "cat >$FASTLOG" <"$HERE/lynis-fastlog.bash"
+    rsh "sudo ${LYNIS_CMD[*]} ${LYNIS_ARGS[*]}" >"$WORK/lynis.out" 2>&1 || true
     rsh 'sudo cat /tmp/kiln-lynis-report.dat' >"$WORK/lynis-report.dat"
     rsh 'sudo cat /tmp/kiln-lynis.log' >"$WORK/lynis.log"
     ;;
@@ -91,7 +100,8 @@ case $TARGET in
     [ "$(id -u)" -eq 0 ] || { echo "lynis: booting a rootfs needs root" >&2; exit 2; }
     nspawn_boot "$TARGET" "kiln-lynis-$$"
     env_desc="systemd-nspawn container (host kernel $(uname -r)) of $TARGET"
-    nspawn_exec lynis "${LYNIS_ARGS[@]}" >"$WORK/lynis.out" 2>&1 || true
+    nspawn_exec sh -c "cat >$FASTLOG" <"$HERE/lynis-fastlog.bash"
+    nspawn_exec "${LYNIS_CMD[@]}" "${LYNIS_ARGS[@]}" >"$WORK/lynis.out" 2>&1 || true
     nspawn_exec cat /tmp/kiln-lynis-report.dat >"$WORK/lynis-report.dat"
     nspawn_exec cat /tmp/kiln-lynis.log >"$WORK/lynis.log"
     nspawn_stop

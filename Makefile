@@ -60,5 +60,5 @@ test-infra: deps ## testinfra suites against the Vagrant VM booted from the bake
 	$(call stage,infra suites,KILN_INFRA_VENV=$(VENV) KILN_DESTROY=1 tests/vagrant/run-infra.sh)
 
 .PHONY: test
-# CI runs exactly this (.ci/run): ~1 min lint + app tests, 10-12 min image, 7.5-8.5 min image checks, 45-55 min infra.
+# CI runs exactly this (.ci/run): ~1 min lint + app tests, 11-12 min image, 8 min image checks, 45-47 min infra.
 test: lint test-app image image-check test-infra ## Everything CI runs: lint, app tests, image, image checks, infra suites

@@ -4,7 +4,7 @@
 #   TARGET = ROOTFS_DIR        a root file system with lynis installed: booted with systemd-nspawn (--volatile=overlay,
 #                              private network: the directory is not modified), audited inside (fast tier, ~1 min)
 #          | ssh:DEST          a running VM: `ssh $LYNIS_SSH_OPTS DEST` (e.g. LYNIS_SSH_OPTS="-F .vagrant/kiln-ssh-config"
-#                              DEST=default); runs with sudo (15-26 min under TCG). Lynis missing there: this host
+#                              DEST=default); runs with sudo (~29 min under TCG beside the infra suites). Lynis missing there: this host
 #                              fetches the target's apt lists and lynis .deb natively, with the target's own apt
 #                              sources (the candidate the target's apt would install), copies both in and dpkg -i's
 #                              the .deb: no apt download/parse inside a TCG guest (LYNIS_INSTALL=guest: apt in the
@@ -88,7 +88,7 @@ case $TARGET in
         echo "lynis: apt-installed lynis on the target in $(( $(date +%s) - ti ))s" >&2
       fi
     fi
-    echo "lynis: auditing $dest (under TCG this takes 15-26 minutes)" >&2
+    echo "lynis: auditing $dest (under TCG this takes ~30 minutes)" >&2
     rsh "cat >$FASTLOG" <"$HERE/lynis-fastlog.bash"
     rsh "sudo ${LYNIS_CMD[*]} ${LYNIS_ARGS[*]}" >"$WORK/lynis.out" 2>&1 || true
     rsh 'sudo cat /tmp/kiln-lynis-report.dat' >"$WORK/lynis-report.dat"

@@ -12,7 +12,7 @@ Targets:
     (tests that need Vagrant itself - `vagrant provision` in test_idempotence - are skipped then).
 
 Order: state, http, security basics, hardening, jobs, then the Lynis test (it collects the audit started in the
-background when the target came up: 25-33 min under TCG, so it overlaps every suite that leaves services running),
+background when the target came up: ~29 min under TCG, so it overlaps every suite that leaves services running),
 restart, reboot, idempotence (disruptive last: a reboot would end the audit, a kill could show it a service down).
 Environment: KILN_DESTROY=1, KILN_RESTART_TIMEOUT (seconds for a killed service to serve again) [10; 20 under TCG],
 KILN_BOOT_TIMEOUT (seconds for a reboot) [300], KILN_KERNEL_STALL (seconds without serial output in the kernel phase

@@ -361,8 +361,8 @@ LYNIS_TIMEOUT = 2700
 class LynisRun:
     """tests/hardening/lynis.sh against `dest`, started now in the background (its own process group).
 
-    The audit takes 25-33 min in a TCG guest (fork/exec-bound: 70-120 ms per process there) and only reads the
-    system, so the session starts it right after the VM is up and lets the suites ordered before its test
+    The audit takes ~29 min in a TCG guest beside the suites (fork/exec-bound: 70-120 ms per process there) and
+    only reads the system, so the session starts it right after the VM is up and lets the suites ordered before its test
     (conftest.ORDER) run meanwhile; test_lynis_hardening_index_meets_target collects it with result(). Output goes
     to OUTDIR/lynis-run.log.
     """

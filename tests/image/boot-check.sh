@@ -145,8 +145,8 @@ boot_retry() { # boot once, retry once after a kernel panic
 }
 
 vssh() { ssh "${SSH_OPTS[@]}" -p "$P22" kilncheck@127.0.0.1 "$@"; }
-# section NAME: the "== NAME" part of $work/$n.inspect (inspect's one SSH read)
-section() { awk -v s="== $1" '$0 == s {on=1; next} /^== / {on=0} on' "$work/$n.inspect"; }
+# section FILE NAME: the "== NAME" part of FILE (inspect's one SSH read, split)
+section() { awk -v s="== $2" '$0 == s {on=1; next} /^== / {on=0} on' "$1"; }
 
 inspect() { # inspect NAME: HTTPS admin login page, identity over SSH -> $work/NAME.id
   local n=$1 code
@@ -178,13 +178,13 @@ inspect() { # inspect NAME: HTTPS admin login page, identity over SSH -> $work/N
     systemctl list-units --state=failed --no-legend --plain | grep . | sed "s/^/failed unit: /"
     echo "== rootfs"; df -h / | sed -n "2p" | tr -s " " | cut -d" " -f2
   '\''' >"$work/$n.inspect" || fail "$n: reading the instance over SSH failed"
-  section hostkeys | awk '{print $2, $NF}' | sort >"$work/$n.hostkeys"
-  section id >"$work/$n.id"
-  section hygiene >"$work/$n.hygiene"
+  section "$work/$n.inspect" hostkeys | awk '{print $2, $NF}' | sort >"$work/$n.hostkeys"
+  section "$work/$n.inspect" id >"$work/$n.id"
+  section "$work/$n.inspect" hygiene >"$work/$n.hygiene"
   [ -s "$work/$n.hostkeys" ] || fail "$n: no SSH host keys in /etc/ssh"
   grep -q '^machine-id [0-9a-f]\{32\}$' "$work/$n.id" || fail "$n: no machine-id"
   if [ -s "$work/$n.hygiene" ]; then sed 's/^/    /' "$work/$n.hygiene"; fail "$n: image hygiene"; fi
-  say "$n: identity: $(grep machine-id "$work/$n.id"), host keys: $(wc -l <"$work/$n.hostkeys"), root fs $(section rootfs)"
+  say "$n: identity: $(grep machine-id "$work/$n.id"), host keys: $(wc -l <"$work/$n.hostkeys"), root fs $(section "$work/$n.inspect" rootfs)"
   profile "$n"
 }
 

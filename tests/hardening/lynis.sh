@@ -77,7 +77,10 @@ case $TARGET in
     dest=${TARGET#ssh:}
     read -r -a sshopts <<<"${LYNIS_SSH_OPTS:-}"
     rsh() { ssh "${sshopts[@]}" -o BatchMode=yes "$dest" "$@"; }
-    env_desc="ssh $dest: $(rsh 'uname -r; systemd-detect-virt' | paste -sd' ')"
+    if ! env_desc=$(rsh 'uname -r; systemd-detect-virt || true' | paste -sd' ') || [ -z "$env_desc" ]; then
+      echo "lynis: cannot reach $dest over ssh (LYNIS_SSH_OPTS: ${LYNIS_SSH_OPTS:-none})" >&2; exit 2
+    fi
+    env_desc="ssh $dest: $env_desc"
     if ! rsh 'test -x /usr/sbin/lynis'; then
       ti=$(date +%s)
       if [ "${LYNIS_INSTALL:-host}" = host ] && install_from_host; then

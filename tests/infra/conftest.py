@@ -14,10 +14,13 @@ Targets:
 Order: state, http, security basics, hardening, jobs, then the Lynis test (it collects the audit started in the
 background when the target came up: ~29 min under TCG, so it overlaps every suite that leaves services running),
 restart, reboot, idempotence (disruptive last: a reboot would end the audit, a kill could show it a service down).
+With KILN_LYNIS_BG=DIR (`make test`) the audit is not of this target: the boot check started it on its instance b of
+the production image (tests/image/boot-check.sh), beside every suite here, and the Lynis test collects it last.
 Environment: KILN_DESTROY=1, KILN_RESTART_TIMEOUT (seconds for a killed service to serve again) [10; 20 under TCG],
 KILN_BOOT_TIMEOUT (seconds for a reboot) [300], KILN_KERNEL_STALL (seconds without serial output in the kernel phase
 of a boot before it counts as hung) [90], KILN_LYNIS_EARLY (1: when the Lynis test is selected, start the audit in the
-background as soon as the target is up, while the suites before its test run; 0: run it in test_hardening) [1].
+background as soon as the target is up, while the suites before its test run; 0: run it in test_hardening) [1],
+KILN_LYNIS_BG (a directory of tests/hardening/lynis-bg.sh where another process started the audit: collect that one).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ ORDER = [
     "test_reboot",
     "test_idempotence",
 ]
+LYNIS_TEST = "test_lynis_hardening_index_meets_target"
+LYNIS_BG_DIR = os.environ.get("KILN_LYNIS_BG", "")
 
 
 def pytest_configure(config):
@@ -67,6 +72,8 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     def key(item):
+        if LYNIS_BG_DIR and item.originalname == LYNIS_TEST:
+            return len(ORDER) + 1  # another VM's audit: it can wait until every suite here is done
         mod = item.module.__name__.rsplit(".", 1)[-1]
         for name in (f"{mod}::{item.originalname}", mod):
             if name in ORDER:
@@ -316,13 +323,19 @@ def _kiln_lynis_early(request, _kiln_target):
     service, reboot would end the audit, idempotence runs apt): test_lynis_hardening_index_meets_target waits for the
     audit before they start.
     """
+    from kilnlib import LynisRun
+
     config = request.config
     config.kiln_lynis = None
-    selected = any(i.originalname == "test_lynis_hardening_index_meets_target" for i in request.session.items)
-    if selected and os.environ.get("KILN_LYNIS_EARLY", "1") == "1" and "," not in (config.option.hosts or ""):
+    selected = any(i.originalname == LYNIS_TEST for i in request.session.items)
+    if LYNIS_BG_DIR:
+        # Started by the boot check; attached even when its test is deselected, so that the teardown below ends it.
+        config.kiln_lynis = LynisRun.attach(LYNIS_BG_DIR)
+        sys.stderr.write(f"\nkiln: the Lynis test collects the audit running in {LYNIS_BG_DIR} (KILN_LYNIS_BG)\n")
+    elif selected and os.environ.get("KILN_LYNIS_EARLY", "1") == "1" and "," not in (config.option.hosts or ""):
         import testinfra
 
-        from kilnlib import LynisRun, ssh_target
+        from kilnlib import ssh_target
 
         opts, dest = ssh_target(config)
         # Audit the settled system, as when it ran after the suites before it: boot finished (kiln-firstboot, a
@@ -332,7 +345,7 @@ def _kiln_lynis_early(request, _kiln_target):
         state = target.run("timeout 600 systemctl is-system-running --wait").stdout.strip()
         sys.stderr.write(f"\nkiln: target {state or '?'} after waiting {time.monotonic() - t0:.0f}s for its boot\n")
         outdir = ROOT / ".vagrant" / "lynis"
-        config.kiln_lynis = LynisRun(str(ROOT / "tests" / "hardening" / "lynis.sh"), opts, dest, str(outdir))
+        config.kiln_lynis = LynisRun.start(opts, dest, str(outdir))
         sys.stderr.write(f"\nkiln: Lynis audit of {dest} started in the background (log {outdir}/lynis-run.log)\n")
     yield
     if config.kiln_lynis:

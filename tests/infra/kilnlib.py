@@ -12,12 +12,12 @@ import math
 import os
 import re
 import shlex
-import signal
 import subprocess
 import time
 import xml.parsers.expat
 import xmlrpc.client
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlparse
 
 RELEASE = "/srv/kiln/current"
@@ -352,51 +352,45 @@ def ssh_target(config, host=None) -> tuple[list[str], str]:
 
 
 LYNIS_THRESHOLD = int(os.environ.get("KILN_LYNIS_THRESHOLD", "85"))
-# A guard against a hung audit, not a speed target: the audit is fork/exec-bound under
-# TCG and took 894 s on the faster machine, 1564 s and ~1950 s (2026-12-01, with suites running beside it) on the
-# slower one, where 1800 s killed it at 90 % done.
-LYNIS_TIMEOUT = 2700
+LYNIS_BG = str(Path(__file__).resolve().parents[2] / "tests" / "hardening" / "lynis-bg.sh")
 
 
 class LynisRun:
-    """tests/hardening/lynis.sh against `dest`, started now in the background (its own process group).
+    """An audit by tests/hardening/lynis-bg.sh in OUTDIR: started here (`start`) or by another process (`attach`).
 
-    The audit takes ~29 min in a TCG guest beside the suites (fork/exec-bound: 70-120 ms per process there) and
-    only reads the system, so the session starts it right after the VM is up and lets the suites ordered before its test
-    (conftest.ORDER) run meanwhile; test_lynis_hardening_index_meets_target collects it with result(). Output goes
-    to OUTDIR/lynis-run.log.
+    The audit takes ~29 min in a TCG guest (fork/exec-bound: 70-120 ms per process there) and only reads the system,
+    so it runs in the background: the session starts it on its own VM right after the VM is up and lets the suites
+    ordered before its test (conftest.ORDER) run meanwhile, or `make test` has the boot check start it on the
+    production image (tests/image/boot-check.sh, KILN_LYNIS_BG). test_lynis_hardening_index_meets_target collects
+    it with result(); lynis-bg.sh bounds it (LYNIS_TIMEOUT).
     """
 
-    def __init__(self, script: str, ssh_opts: list[str], dest: str, outdir: str):
-        os.makedirs(outdir, exist_ok=True)
-        self.log_path = os.path.join(outdir, "lynis-run.log")
-        self.started = time.monotonic()
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in result()/stop()
-        self.proc = subprocess.Popen(
-            [script, "-t", str(LYNIS_THRESHOLD), "-o", outdir, f"ssh:{dest}"],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+    def __init__(self, outdir: str):
+        self.outdir = outdir
+
+    @classmethod
+    def start(cls, ssh_opts: list[str], dest: str, outdir: str) -> LynisRun:
+        subprocess.run(
+            [LYNIS_BG, "start", outdir, "-t", str(LYNIS_THRESHOLD), f"ssh:{dest}"],
+            check=True,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "LYNIS_SSH_OPTS": " ".join(ssh_opts)},
-            start_new_session=True,
         )
+        return cls(outdir)
 
-    def result(self, timeout: float = LYNIS_TIMEOUT) -> tuple[int | None, str, float]:
-        """(exit code or None on timeout, output, seconds since the start); stops the run on timeout."""
+    @classmethod
+    def attach(cls, outdir: str) -> LynisRun:
+        return cls(outdir)
+
+    def result(self) -> tuple[int, str, float]:
+        """(exit code of lynis-bg.sh wait: lynis.sh's, 124 when the bound stopped it; output; seconds since start)."""
+        res = subprocess.run([LYNIS_BG, "wait", self.outdir], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         try:
-            rc = self.proc.wait(max(1.0, timeout - (time.monotonic() - self.started)))
-        except subprocess.TimeoutExpired:
-            self.stop()
-            rc = None
-        self._log.close()
-        with open(self.log_path, errors="replace") as f:
-            return rc, f.read(), time.monotonic() - self.started
+            with open(os.path.join(self.outdir, "started")) as f:
+                took = time.time() - int(f.read().strip())
+        except (OSError, ValueError):
+            took = float("nan")
+        return res.returncode, res.stdout + res.stderr, took
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        subprocess.run([LYNIS_BG, "stop", self.outdir], check=False, stdin=subprocess.DEVNULL)

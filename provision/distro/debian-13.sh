@@ -13,7 +13,7 @@ DB_CONF_DIR=/etc/mysql/mariadb.conf.d
 DB_CLIENT=mariadb
 DB_SOCKET=/run/mysqld/mysqld.sock
 # Drop-ins of files/etc/systemd/system/mariadb.service.d/ this server also gets (besides kiln.conf)
-DB_UNIT_EXTRA=(kiln-start.conf)
+DB_UNIT_EXTRA=(kiln-start.conf kiln-tls.conf)
 PKG_REDIS=(redis-server redis-tools)
 PKG_WEB=(nginx supervisor)
 PKG_FIREWALL=(ufw)

@@ -1,5 +1,7 @@
 """A freshly booted Kiln server: packages, services, supervisor programs, sockets, file modes, users."""
 
+import re
+
 import pytest
 
 from kilnlib import SERVICES, SOCKET, app_processes, out, supervisor_text, unit_evidence, wait_for, worker_names
@@ -72,6 +74,29 @@ def test_backend_listens_on_loopback_only(host, port, name):
     assert lines, f"nothing listens on {port}\n{ss}"
     assert addrs <= {"127.0.0.1", "[::1]"}, f"port {port} listens beyond loopback: {addrs}\n{ss}"
     assert all(name in ln or "mysqld" in ln for ln in lines), "\n".join(lines)
+
+
+def test_mariadb_tls_uses_the_per_boot_ec_certificate(host):
+    """MariaDB >= 11.4 makes an RSA certificate at every start when it has none (~12 s under TCG); the kiln-tls.conf
+    drop-in gives it an EC one made once per boot in /run/mysqld, and TLS over loopback TCP keeps working with it."""
+    version = host.run("mariadbd --version").stdout
+    m = re.search(r"Ver (\d+)\.(\d+)", version)
+    if not m or (int(m.group(1)), int(m.group(2))) < (11, 4):
+        pytest.skip(f"not MariaDB >= 11.4 (no certificate made at start): {version.strip() or 'no mariadbd'}")
+    cert = "/run/mysqld/kiln-tls.crt"
+    query = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('have_ssl', 'ssl_cert', 'ssl_key')"
+    got = dict(line.split("\t", 1) for line in out(host, f'mariadb -N -B -e "{query}"').splitlines() if "\t" in line)
+    assert got.get("have_ssl") == "YES" and got.get("ssl_cert") == cert, f"server TLS settings: {got}"
+    key = host.file(got.get("ssl_key", ""))
+    assert key.exists and key.user == "mysql" and key.mode == 0o600, f"{key.path}: {key.user} {oct(key.mode)}"
+    pubkey = out(host, f"openssl x509 -in {cert} -noout -text | grep 'Public Key Algorithm'")
+    assert "id-ecPublicKey" in pubkey, pubkey
+    # The app's user over loopback TCP (root authenticates by unix socket only): a TLS session with this certificate.
+    status = host.run(
+        "sh -c '. /etc/kiln/secrets.env && MYSQL_PWD=\"$DB_PASSWORD\" mariadb -h 127.0.0.1 -u kiln -e status'"
+    )
+    assert status.rc == 0, f"mariadb -h 127.0.0.1 -u kiln: rc={status.rc} {status.stderr}"
+    assert re.search(r"^SSL:\s+Cipher in use is \S+", status.stdout, re.M), f"no TLS over 127.0.0.1:\n{status.stdout}"
 
 
 def test_gunicorn_listens_on_its_unix_socket(host):

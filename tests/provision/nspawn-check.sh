@@ -237,6 +237,8 @@ check "MariaDB: flush_log_at_trx_commit=1, local_infile=0, bind 127.0.0.1" test 
   "$(cx mariadb -N -e 'select @@innodb_flush_log_at_trx_commit, @@local_infile, @@bind_address' | xargs)" = "1 0 127.0.0.1"
 check "MariaDB: app user kiln@localhost exists, has no global privileges" cx bash -c \
   "mariadb -N -e \"show grants for 'kiln'@'localhost'\" | grep -q 'ON \`kiln\`.\*' && ! mariadb -N -e \"show grants for 'kiln'@'localhost'\" | grep -q 'ON \*\.\*.*\(ALL\|SUPER\|FILE\)'"
+check "MariaDB TLS: the per-boot EC certificate of kiln-tls.conf, not an RSA key made at every start" test \
+  "$(cx mariadb -N -e 'select @@ssl_cert' | xargs)" = /run/mysqld/kiln-tls.crt
 check "MariaDB listens on loopback only" bash -c "! ss -ltnH | awk '{print \$4}' | grep ':3306\$' | grep -v '^127.0.0.1:'"
 check "redis cache (6379) refuses unauthenticated commands" bash -c "cx redis-cli -p 6379 ping 2>&1 | grep -q NOAUTH"
 rcli() { # rcli NAME PORT ARGS...: redis-cli against instance NAME with its password

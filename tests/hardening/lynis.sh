@@ -12,12 +12,12 @@
 # Env: LYNIS_FASTLOG [1]: run Lynis with bash and lynis-fastlog.bash (its log stamps and DEB-0001's counter without
 #   an exec each: a log line ~3.5x cheaper in a TCG guest, DEB-0001 123 s against 240-357 s; same checks);
 #   0: as installed, under /bin/sh.
-#   -t  minimum hardening index [85]       -w  waiver file [tests/hardening/lynis-waivers.txt]
+#   -t  minimum hardening index [KILN_LYNIS_THRESHOLD, else 85]       -w  waiver file [tests/hardening/lynis-waivers.txt]
 #   -o  keep lynis-report.dat, lynis.log and lynis.out in OUTDIR
 # Exit: 0 pass; 1 index below threshold or unwaived warnings/skips; 2 usage or the audit could not run.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-THRESHOLD=85
+THRESHOLD=${KILN_LYNIS_THRESHOLD:-85}
 WAIVERS=$HERE/lynis-waivers.txt
 OUTDIR=""
 while getopts 't:w:o:h' opt; do

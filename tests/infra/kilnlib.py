@@ -351,7 +351,6 @@ def ssh_target(config, host=None) -> tuple[list[str], str]:
     return opts, f"{h.user}@{h.name}" if h.user else h.name
 
 
-LYNIS_THRESHOLD = int(os.environ.get("KILN_LYNIS_THRESHOLD", "85"))
 LYNIS_BG = str(Path(__file__).resolve().parents[2] / "tests" / "hardening" / "lynis-bg.sh")
 
 
@@ -371,7 +370,7 @@ class LynisRun:
     @classmethod
     def start(cls, ssh_opts: list[str], dest: str, outdir: str) -> LynisRun:
         subprocess.run(
-            [LYNIS_BG, "start", outdir, "-t", str(LYNIS_THRESHOLD), f"ssh:{dest}"],
+            [LYNIS_BG, "start", outdir, f"ssh:{dest}"],
             check=True,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "LYNIS_SSH_OPTS": " ".join(ssh_opts)},

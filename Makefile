@@ -62,7 +62,7 @@ test-infra: deps ## testinfra suites against the Vagrant VM booted from the bake
 .PHONY: test
 # CI runs exactly this (.ci/run): ~1 min lint + app tests, 11-12 min image, 8 min image checks, 45-47 min infra.
 # Lynis audits the production image (the boot check's instance b, left running) beside the infra suites, whose Lynis
-# test collects it, instead of their own VM before its disruptive suites (tests/hardening/lynis-bg.sh). At nice 19 it
-# gets little CPU beside them (11a60b4: 49 of 264 tests in their ~25 min), so the stage still waits for it at the end.
+# test collects it, instead of their own VM before its disruptive suites (tests/hardening/lynis-bg.sh). The suites
+# that time things hold that instance while they run (tests/infra/conftest.py HOLD_LYNIS_VM_FOR).
 test: export KILN_LYNIS_BG := $(CURDIR)/build/$(DISTRO)/lynis
 test: lint test-app image image-check test-infra ## Everything CI runs: lint, app tests, image, image checks, infra suites

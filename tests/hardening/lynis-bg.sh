@@ -5,18 +5,21 @@
 # Usage: tests/hardening/lynis-bg.sh start DIR [lynis.sh ARGS...]   start lynis.sh ARGS -o DIR; returns at once
 #        tests/hardening/lynis-bg.sh wait DIR     wait for the end, print lynis.sh's output, exit with its code
 #        tests/hardening/lynis-bg.sh stop DIR     end a running audit (then it runs DIR/on-done as usual)
-# DIR: lynis-run.log (lynis.sh's output), rc (its exit code, written last), started (epoch s), runner.pid,
-#   lynis.sh's -o files, and on-done if the starter wrote one before `start`: an executable run once the audit has
-#   ended, however it ended (the boot check's stops the audited VM and deletes its overlay).
-# Env: LYNIS_TIMEOUT [2700] bound of one audit in seconds: a guard against a hung audit, not a speed target (it is
-#   fork/exec-bound under TCG: 894 s on the faster machine, 1564-1950 s on the slower one beside the suites);
-#   LYNIS_SSH_OPTS and LYNIS_* reach lynis.sh.
+#        tests/hardening/lynis-bg.sh pause|resume DIR   hold the audited VM (DIR/vm-ctl stop|cont), e.g. while a
+#                                                 suite that times things runs beside it; no-op without DIR/vm-ctl
+# DIR: lynis-run.log (lynis.sh's output), rc (its exit code, written last), started (epoch s), runner.pid, audit.pid
+#   (lynis.sh, leader of its process group), paused (present while held), lynis.sh's -o files; written by the starter
+#   before `start`: on-done, an executable run once the audit has ended, however it ended (the boot check's stops the
+#   audited VM and deletes its overlay), and vm-ctl (`vm-ctl stop|cont`: halt or continue the audited VM's CPUs).
+# Env: LYNIS_TIMEOUT [2700] bound of one audit in seconds, time held by `pause` not counted: a guard against a hung
+#   audit, not a speed target (it is fork/exec-bound under TCG: 894 s on the faster machine, 1564-1950 s on the slower
+#   one beside the suites, QEMU 7.2); LYNIS_SSH_OPTS and LYNIS_* reach lynis.sh.
 # Exit (wait): lynis.sh's code (0 pass, 1 findings, 2 could not run), 124 bound reached, 143 stopped; 2 usage or no
 #   audit in DIR.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LYNIS_TIMEOUT=${LYNIS_TIMEOUT:-2700}
-usage() { sed -n '5,7p' "$0" >&2; exit 2; }
+usage() { sed -n '5,9p' "$0" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 cmd=$1 dir=$2
 shift 2
@@ -26,27 +29,39 @@ case $cmd in
   start)
     mkdir -p "$dir"
     alive && { echo "lynis-bg: an audit is already running in $dir" >&2; exit 2; }
-    rm -f "$dir/rc" "$dir/lynis-run.log" "$dir/runner.pid" "$dir/timeout.pid"
+    rm -f "$dir/rc" "$dir/lynis-run.log" "$dir/runner.pid" "$dir/audit.pid" "$dir/paused"
     date +%s >"$dir/started"
-    # The runner: its own session (a Ctrl-C or the end of the starting shell does not reach it), lynis.sh under
-    # `timeout` (which signals lynis.sh's whole process group, the ssh in it too), then on-done, then rc.
+    # The runner: its own session (a Ctrl-C or the end of the starting shell does not reach it); lynis.sh in a
+    # process group of its own (its ssh too), watched every 5 s against the bound, then on-done, then rc.
     # shellcheck disable=SC2016 # expanded by the runner
     setsid bash -c '
       dir=$1 bound=$2; shift 2
       echo $$ >"$dir/runner.pid"
-      timeout -k 30 "$bound" "$@" >"$dir/lynis-run.log" 2>&1 </dev/null & echo $! >"$dir/timeout.pid"
-      rc=0; wait $! || rc=$?
-      [ $rc -ne 124 ] || echo "lynis-bg: the audit did not end within ${bound}s: stopped" >>"$dir/lynis-run.log"
+      setsid "$@" >"$dir/lynis-run.log" 2>&1 </dev/null & audit=$!
+      echo $audit >"$dir/audit.pid"
+      used=0
+      while kill -0 $audit 2>/dev/null && [ $used -lt "$bound" ]; do
+        sleep 5; [ -e "$dir/paused" ] || used=$((used + 5))
+      done
+      if kill -0 $audit 2>/dev/null; then
+        echo "lynis-bg: the audit did not end within ${bound}s (held time not counted): stopped" >>"$dir/lynis-run.log"
+        kill -TERM -- -$audit 2>/dev/null
+        for _ in $(seq 1 30); do kill -0 $audit 2>/dev/null || break; sleep 1; done; kill -KILL -- -$audit 2>/dev/null
+      fi
+      rc=0; wait $audit || rc=$?
+      [ $used -lt "$bound" ] || rc=124
+      if [ -e "$dir/paused" ] && [ -x "$dir/vm-ctl" ]; then "$dir/vm-ctl" cont >/dev/null 2>&1; rm -f "$dir/paused"; fi
       if [ -x "$dir/on-done" ]; then "$dir/on-done" >>"$dir/lynis-run.log" 2>&1 || echo "lynis-bg: on-done failed" >>"$dir/lynis-run.log"; fi
       echo $rc >"$dir/rc.tmp" && mv "$dir/rc.tmp" "$dir/rc"
     ' lynis-bg "$dir" "$LYNIS_TIMEOUT" "$HERE/lynis.sh" -o "$dir" "$@" </dev/null >/dev/null 2>&1 &
-    for _ in $(seq 1 50); do [ -s "$dir/timeout.pid" ] && break; sleep 0.1; done
-    [ -s "$dir/timeout.pid" ] || { echo "lynis-bg: the runner did not start" >&2; exit 2; }
+    for _ in $(seq 1 50); do [ -s "$dir/audit.pid" ] && break; sleep 0.1; done
+    [ -s "$dir/audit.pid" ] || { echo "lynis-bg: the runner did not start" >&2; exit 2; }
     echo "lynis-bg: audit started (runner pid $(cat "$dir/runner.pid"), output $dir/lynis-run.log, bound ${LYNIS_TIMEOUT}s)"
     ;;
   wait)
     [ -s "$dir/started" ] || { echo "lynis-bg: no audit was started in $dir" >&2; exit 2; }
-    deadline=$(( $(cat "$dir/started") + LYNIS_TIMEOUT + 120 ))
+    # The runner enforces the bound; this deadline only catches a runner that stopped watching (held time included).
+    deadline=$(( $(cat "$dir/started") + 3 * LYNIS_TIMEOUT ))
     gone=""
     while [ ! -e "$dir/rc" ]; do
       if ! alive; then # the runner writes rc just before it exits: give a last look, then report its death
@@ -62,14 +77,23 @@ case $cmd in
     ;;
   stop)
     if alive && [ ! -e "$dir/rc" ]; then
-      kill -TERM "$(cat "$dir/timeout.pid")" 2>/dev/null || true # timeout passes it on to lynis.sh's group
+      kill -TERM -- "-$(cat "$dir/audit.pid")" 2>/dev/null || true
       for _ in $(seq 1 40); do [ -e "$dir/rc" ] && break; sleep 1; done
       if [ ! -e "$dir/rc" ]; then # the runner did not finish in 40 s: end both process groups, do its last steps
-        kill -KILL -- "-$(cat "$dir/timeout.pid")" "-$(cat "$dir/runner.pid")" 2>/dev/null || true
+        kill -KILL -- "-$(cat "$dir/audit.pid")" "-$(cat "$dir/runner.pid")" 2>/dev/null || true
         if [ -x "$dir/on-done" ]; then "$dir/on-done" >>"$dir/lynis-run.log" 2>&1 || true; fi
         echo 143 >"$dir/rc"
       fi
       echo "lynis-bg: audit in $dir stopped"
+    fi
+    ;;
+  pause | resume)
+    [ -x "$dir/vm-ctl" ] || exit 0
+    if [ "$cmd" = pause ]; then
+      alive && [ ! -e "$dir/rc" ] || exit 0
+      [ -e "$dir/paused" ] || { "$dir/vm-ctl" stop && date +%s >"$dir/paused"; }
+    elif [ -e "$dir/paused" ]; then
+      "$dir/vm-ctl" cont && rm -f "$dir/paused"
     fi
     ;;
   *) usage ;;

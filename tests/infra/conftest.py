@@ -15,7 +15,8 @@ Order: state, http, security basics, hardening, jobs, then the Lynis test (it co
 background when the target came up: ~29 min under TCG, so it overlaps every suite that leaves services running),
 restart, reboot, idempotence (disruptive last: a reboot would end the audit, a kill could show it a service down).
 With KILN_LYNIS_BG=DIR (`make test`) the audit is not of this target: the boot check started it on its instance b of
-the production image (tests/image/boot-check.sh), beside every suite here, and the Lynis test collects it last.
+the production image (tests/image/boot-check.sh), beside the suites here except those that time things (b is held
+while they run: HOLD_LYNIS_VM_FOR), and the Lynis test collects it last.
 Environment: KILN_DESTROY=1, KILN_RESTART_TIMEOUT (seconds for a killed service to serve again) [10; 20 under TCG],
 KILN_BOOT_TIMEOUT (seconds for a reboot) [300], KILN_KERNEL_STALL (seconds without serial output in the kernel phase
 of a boot before it counts as hung) [90], KILN_LYNIS_EARLY (1: when the Lynis test is selected, start the audit in the
@@ -56,6 +57,9 @@ ORDER = [
 ]
 LYNIS_TEST = "test_lynis_hardening_index_meets_target"
 LYNIS_BG_DIR = os.environ.get("KILN_LYNIS_BG", "")
+# Suites that time the target (a killed service back within restart_timeout, a reboot within KILN_BOOT_TIMEOUT, jobs
+# within their deadlines): the audited VM of KILN_LYNIS_BG is held while they run, so they measure the target alone.
+HOLD_LYNIS_VM_FOR = {"test_jobs", "test_restart", "test_reboot"}
 
 
 def pytest_configure(config):
@@ -86,6 +90,18 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "vagrant" in item.keywords:
                 item.add_marker(skip)
+
+
+def pytest_runtest_setup(item):
+    """Hold or continue the KILN_LYNIS_BG audit's VM when the session enters a module (HOLD_LYNIS_VM_FOR)."""
+    run = getattr(item.config, "kiln_lynis", None)
+    if not (LYNIS_BG_DIR and run):
+        return
+    held = item.module.__name__.rsplit(".", 1)[-1] in HOLD_LYNIS_VM_FOR
+    if getattr(item.config, "kiln_lynis_held", False) != held:
+        said = run.hold(held)
+        item.config.kiln_lynis_held = held
+        sys.stderr.write(f"\nkiln: {'held' if held else 'continued'} the Lynis audit's VM: {said}\n")
 
 
 # --- the Vagrant VM -------------------------------------------------------------------------------------------------

@@ -381,8 +381,17 @@ class LynisRun:
     def attach(cls, outdir: str) -> LynisRun:
         return cls(outdir)
 
+    def hold(self, held: bool) -> str:
+        """Halt (True) or continue (False) the audited VM, where its starter made that possible (lynis-bg.sh
+        pause|resume: the boot check's instance b; a no-op for an audit of the suites' own VM). Returns what it said."""
+        verb = "pause" if held else "resume"
+        res = subprocess.run([LYNIS_BG, verb, self.outdir], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        out = (res.stdout + res.stderr).strip()
+        return out if res.returncode == 0 else f"lynis-bg.sh {verb} failed (rc {res.returncode}): {out}"
+
     def result(self) -> tuple[int, str, float]:
         """(exit code of lynis-bg.sh wait: lynis.sh's, 124 when the bound stopped it; output; seconds since start)."""
+        self.hold(False)
         res = subprocess.run([LYNIS_BG, "wait", self.outdir], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         try:
             with open(os.path.join(self.outdir, "started")) as f:

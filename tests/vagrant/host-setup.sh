@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare a Debian/Ubuntu build host for `vagrant up` with the libvirt provider. Idempotent: a warm host pays ~1 s.
-#   - installs vagrant, vagrant-libvirt, libvirt, QEMU, dnsmasq, rsync (only the missing packages)
+#   - installs vagrant, vagrant-libvirt, libvirt, QEMU, dnsmasq, rsync (tools/apt-ensure.sh)
 #   - makes /dev/kvm usable by libvirt's qemu user the way udev would (root:kvm 0660) when udev is absent
 #   - starts virtlogd/libvirtd by hand when no init system does (PID 1 is not systemd on CI hosts)
 #   - defines, starts and autostarts libvirt's `default` NAT network
@@ -12,24 +12,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 log() { printf 'host-setup: %s\n' "$*" >&2; }
 [ "$(id -u)" -eq 0 ] || { log "run as root"; exit 1; }
 
-packages=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
-          dnsmasq-base ebtables iptables rsync openssh-client ovmf)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  policy_added=0
-  # Without systemd as PID 1, postinst scripts must not try to start daemons: we start them below.
-  if [ ! -d /run/systemd/system ] && [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_added=1
-  fi
-  trap '[ "$policy_added" -eq 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# The same installer as every other stage (only what is missing; QEMU at the version Kiln needs, from backports
+# where the host's suite is older); postinst scripts start no daemon: they are started below.
+"$here/../../tools/apt-ensure.sh" vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 \
+  qemu-utils dnsmasq-base ebtables iptables rsync openssh-client ovmf
 
 # /dev/kvm: without udev it stays 0600 root:root, libvirt then re-probes QEMU on every call (~30 s per define).
 if [ -c /dev/kvm ]; then

@@ -60,7 +60,7 @@ test-infra: deps ## testinfra suites against the Vagrant VM booted from the bake
 	$(call stage,infra suites,KILN_INFRA_VENV=$(VENV) KILN_DESTROY=1 tests/vagrant/run-infra.sh)
 
 .PHONY: test
-# CI runs exactly this (.ci/run): ~1 min lint + app tests, 11-12 min image, 8 min image checks, 45-47 min infra.
+# CI runs exactly this (.ci/run): ~1 min lint + app tests, 11 min image, 7 min image checks, 50 min infra (dbc09b9).
 # Lynis audits the production image (the boot check's instance b, left running) beside the infra suites, whose Lynis
 # test collects it, instead of their own VM before its disruptive suites (tests/hardening/lynis-bg.sh). The suites
 # that time things hold that instance while they run (tests/infra/conftest.py HOLD_LYNIS_VM_FOR).

@@ -42,6 +42,10 @@ lint: deps ## ruff on Python, shellcheck on shell, packer fmt/validate
 test-app: deps ## App tests against real MariaDB, Redis, S3 (moto) and SMTP servers
 	$(call stage,app tests,$(VENV)/bin/pytest tests/app)
 
+.PHONY: test-tools
+test-tools: deps ## Kiln's test tooling without a guest: the background audit's hold, bound and stop; QMP (real QEMU)
+	$(call stage,tool tests,tools/apt-ensure.sh qemu-system-x86 && $(VENV)/bin/pytest tests/tools)
+
 .PHONY: image
 image: ## Build the VPS qcow2 + Vagrant box + manifest into build/$(DISTRO)/ (installs packer, qemu, ...)
 	$(call stage,image $(DISTRO),packer/scripts/build.sh)
@@ -65,4 +69,4 @@ test-infra: deps ## testinfra suites against the Vagrant VM booted from the bake
 # test collects it, instead of their own VM before its disruptive suites (tests/hardening/lynis-bg.sh). The suites
 # that time things hold that instance while they run (tests/infra/conftest.py HOLD_LYNIS_VM_FOR).
 test: export KILN_LYNIS_BG := $(CURDIR)/build/$(DISTRO)/lynis
-test: lint test-app image image-check test-infra ## Everything CI runs: lint, app tests, image, image checks, infra suites
+test: lint test-app test-tools image image-check test-infra ## Everything CI runs: lint, app and tool tests, image, image checks, infra suites

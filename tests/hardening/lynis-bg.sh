@@ -32,7 +32,7 @@ case $cmd in
     rm -f "$dir/rc" "$dir/lynis-run.log" "$dir/runner.pid" "$dir/audit.pid" "$dir/paused"
     date +%s >"$dir/started"
     # The runner: its own session (a Ctrl-C or the end of the starting shell does not reach it); lynis.sh in a
-    # process group of its own (its ssh too), watched every 5 s against the bound, then on-done, then rc.
+    # process group of its own (its ssh too), watched every second against the bound, then on-done, then rc.
     # shellcheck disable=SC2016 # expanded by the runner
     setsid bash -c '
       dir=$1 bound=$2; shift 2
@@ -41,7 +41,7 @@ case $cmd in
       echo $audit >"$dir/audit.pid"
       used=0
       while kill -0 $audit 2>/dev/null && [ $used -lt "$bound" ]; do
-        sleep 5; [ -e "$dir/paused" ] || used=$((used + 5))
+        sleep 1; [ -e "$dir/paused" ] || used=$((used + 1))
       done
       if kill -0 $audit 2>/dev/null; then
         echo "lynis-bg: the audit did not end within ${bound}s (held time not counted): stopped" >>"$dir/lynis-run.log"

@@ -14,7 +14,7 @@ Targets:
 Order: state, http, security basics, hardening, jobs, then the Lynis test (it collects the audit started in the
 background when the target came up: ~29 min under TCG, so it overlaps every suite that leaves services running),
 restart, reboot, idempotence (disruptive last: a reboot would end the audit, a kill could show it a service down).
-With KILN_LYNIS_BG=DIR (`make test`) the audit is not of this target: the boot check started it on its instance b of
+With KILN_LYNIS_BG=DIR the audit is not of this target: the boot check started it on its instance b of
 the production image (tests/image/boot-check.sh), beside the suites here except those that time things (b is held
 while they run: HOLD_LYNIS_VM_FOR), and the Lynis test collects it last.
 Environment: KILN_DESTROY=1, KILN_RESTART_TIMEOUT (seconds for a killed service to serve again) [10; 20 under TCG],

@@ -44,7 +44,7 @@ test-app: deps ## App tests against real MariaDB, Redis, S3 (moto) and SMTP serv
 
 .PHONY: test-tools
 test-tools: deps ## Kiln's test tooling without a guest: the background audit's hold, bound and stop; QMP (real QEMU)
-	$(call stage,tool tests,tools/apt-ensure.sh qemu-system-x86 && $(VENV)/bin/pytest tests/tools)
+	$(call stage,tool tests,tools/apt-ensure.sh qemu-system-x86 lynis && $(VENV)/bin/pytest tests/tools)
 
 .PHONY: image
 image: ## Build the VPS qcow2 + Vagrant box + manifest into build/$(DISTRO)/ (installs packer, qemu, ...)

@@ -1,14 +1,25 @@
 # Sourced by bash (BASH_ENV) before it runs Lynis, when tests/hardening/lynis.sh runs the audit with LYNIS_FASTLOG=1.
-# Lynis stamps each of its ~7,000 log lines with `$(date "+%Y-%m-%d %H:%M:%S")` and counts the ~1,700 binaries of its
-# Debian plugin (DEB-0001) with `expr N + 1`: an exec each. An exec costs 55-100 ms in a TCG guest, a fork of the
-# shell 10-20 ms, so those two idioms alone cost the audit 10-13 minutes there. These functions give the same output
-# and exit status without the exec, for exactly those argument forms; anything else runs the real command, so every
-# check of Lynis runs as it would under /bin/sh.
+# In a TCG guest a process start costs 55-100 ms and a fork of the Lynis shell (a large process: every page it
+# writes afterwards is a copy-on-write fault) ~25 ms. Lynis spends most of its audit on a few idioms of that kind:
+#   - LogText stamps each of its ~7,000 log lines with `CDATE=$(date ...)`: a fork and an exec per line;
+#   - Register, once per test, takes two timestamps with `$(date "+%N")` and `$(date "+%s%N")`;
+#   - the Debian plugin (DEB-0001) counts its ~1,700 binaries with `expr N + 1`.
+# The functions below give the same output for exactly those forms without the exec (date, expr) or without the fork
+# too (LogText); anything else runs the real command, so every check of Lynis runs as it would under /bin/sh.
 # shellcheck shell=bash
+
+# For Lynis itself only: the programs it starts (some are bash scripts) get their usual environment.
+unset BASH_ENV
 
 date() {
   if [ $# -eq 1 ] && [ "$1" = "+%Y-%m-%d %H:%M:%S" ]; then
     printf '%(%Y-%m-%d %H:%M:%S)T\n' -1
+  elif [ $# -eq 1 ] && [ "$1" = "+%N" ]; then
+    local t=$EPOCHREALTIME # seconds.microseconds: nanoseconds to the microsecond, as Register's timing needs
+    echo "${t#*.}000"
+  elif [ $# -eq 1 ] && [ "$1" = "+%s%N" ]; then
+    local t=$EPOCHREALTIME
+    echo "${t%.*}${t#*.}000"
   else
     command date "$@"
   fi
@@ -23,3 +34,77 @@ expr() {
     command expr "$@"
   fi
 }
+
+# Lynis pipes short texts through tr, wc and cut by name: in Register (each test's ID upper-cased, ~900 times), in
+# Display (each result line's length: `wc -m | tr -d ' '`, ~350 times) and while it reads its profiles and /boot
+# (`cut -d = -f1`, `cut -c 9`, ~450 times). For exactly those argument forms and ASCII text, bash's own string
+# operations give the same bytes; other input (non-ASCII, a NUL byte) and every other form go to the real command.
+_kiln_slurp() { # all of stdin into KILN_IN; fails with KILN_NUL=1 (KILN_IN: what came before) at a NUL byte
+  KILN_IN='' KILN_NUL=0
+  if IFS= read -r -d '' KILN_IN; then KILN_NUL=1; fi
+  [ "$KILN_NUL" = 0 ]
+}
+_kiln_plain() { _kiln_slurp && [[ $KILN_IN != *[![:ascii:]]* ]]; } # read stdin; is it ASCII text?
+_kiln_real() { # _kiln_real CMD ARGS...: the real CMD on the input _kiln_slurp read, and on the rest after a NUL
+  { printf '%s' "$KILN_IN"; if [ "$KILN_NUL" = 1 ]; then printf '\0'; command cat; fi; } | command "$@"
+}
+
+tr() {
+  if [ $# -eq 2 ] && [ "$1" = '[:lower:]' ] && [ "$2" = '[:upper:]' ]; then
+    # a-z to A-Z, as tr maps ASCII letters in every locale but the Turkic ones (i to dotted I): those get tr
+    if _kiln_plain && [[ ${LC_ALL:-${LC_CTYPE:-${LANG:-}}} != @(tr|az)_* ]]; then printf '%s' "${KILN_IN^^}"; return 0; fi
+  elif [ $# -eq 2 ] && [ "$1" = -d ] && [ "$2" = ' ' ]; then
+    if _kiln_plain; then printf '%s' "${KILN_IN// /}"; return 0; fi
+  else
+    command tr "$@"; return
+  fi
+  _kiln_real tr "$@"
+}
+
+wc() {
+  if [ $# -ne 1 ] || [ "$1" != -m ]; then command wc "$@"; return; fi
+  if _kiln_plain; then echo "${#KILN_IN}"; else _kiln_real wc "$@"; fi
+}
+
+cut() { # cut -d D -fN, cut -d D -fN- (D one character), cut -c N
+  local d='' n='' open='' c='' line rest i
+  if [ $# -eq 3 ] && [ "$1" = -d ] && [ ${#2} -eq 1 ] && [[ $3 =~ ^-f([1-9][0-9]?)(-?)$ ]]; then
+    d=$2 n=${BASH_REMATCH[1]} open=${BASH_REMATCH[2]}
+  elif [ $# -eq 2 ] && [ "$1" = -c ] && [[ $2 =~ ^[1-9][0-9]?$ ]]; then
+    c=$2
+  else
+    command cut "$@"; return
+  fi
+  if ! _kiln_plain; then _kiln_real cut "$@"; return; fi
+  [ -n "$KILN_IN" ] || return 0
+  while IFS= read -r line; do
+    if [ -n "$c" ]; then
+      printf '%s\n' "${line:c-1:1}"
+    elif [[ $line != *"$d"* ]]; then
+      printf '%s\n' "$line" # a line without the delimiter is printed whole
+    else
+      rest=$line
+      for ((i = 1; i < n; i++)); do
+        if [[ $rest == *"$d"* ]]; then rest=${rest#*"$d"}; else rest=''; break; fi
+      done
+      if [ -n "$open" ]; then printf '%s\n' "$rest"; else printf '%s\n' "${rest%%"$d"*}"; fi
+    fi
+  done <<<"${KILN_IN%$'\n'}"
+}
+
+# LogText without the fork: Lynis's own definition, with the stamp from printf's builtin clock instead of
+# $(date ...). Lynis defines LogText after this file has run; `readonly -f` keeps this one (bash says once on stderr
+# "LogText: readonly function" and goes on). Only when the installed Lynis defines it exactly as mirrored here: any
+# other Lynis keeps its own LogText (and pays the fork). KILN_LYNIS_FUNCTIONS: where the installed Lynis defines it.
+# shellcheck disable=SC2016 # Lynis's source line, verbatim
+KILN_LYNIS_LOGTEXT='        if [ ! "${LOGFILE}" = "" -a ${LOGTEXT} -eq 1 ]; then CDATE=$(date "+%Y-%m-%d %H:%M:%S"); echo "${CDATE} $1" >> ${LOGFILE}; fi'
+if grep -qxF -e "$KILN_LYNIS_LOGTEXT" "${KILN_LYNIS_FUNCTIONS:-/usr/share/lynis/include/functions}" 2>/dev/null; then
+  LogText() {
+    # shellcheck disable=SC2086,SC2166 # as Lynis writes it
+    if [ ! "${LOGFILE}" = "" -a ${LOGTEXT} -eq 1 ]; then printf -v CDATE '%(%Y-%m-%d %H:%M:%S)T' -1; echo "${CDATE} $1" >> ${LOGFILE}; fi
+  }
+  readonly -f LogText
+  echo "lynis-fastlog: LogText without a fork per log line" >&2
+else
+  echo "lynis-fastlog: this Lynis defines LogText otherwise: its own LogText is used" >&2
+fi

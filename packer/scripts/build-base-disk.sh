@@ -132,9 +132,10 @@ system_info:
   network:
     renderers: [ networkd, netplan, eni ]
 EOF
+# No menu wait: 1 s of every boot (an operator who wants the menu on the console sets GRUB_TIMEOUT, update-grub).
 cat >"$r/etc/default/grub" <<'EOF'
 GRUB_DEFAULT=0
-GRUB_TIMEOUT=1
+GRUB_TIMEOUT=0
 GRUB_DISTRIBUTOR=`( . /etc/os-release && echo ${NAME} )`
 GRUB_CMDLINE_LINUX_DEFAULT=""
 GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200n8"

@@ -11,6 +11,7 @@
 #   built-from-sdist.txt       the wheels built here from a locked sdist (their hashes are new; the sdist's was checked)
 #   source-requirements.sha256 the hash of APP_DIR/requirements.txt it was built from (kiln-release checks it)
 #   pycache.tar, pycache.prefix  the wheels' bytecode (checked-hash .pyc) and the venv folder it unpacks into
+#   pip-runner.zip             the pip wheel's pip with its bytecode, which runs the install in the guest
 # A wheel that PyPI ships is used as downloaded, so its hash is the lock's own; the script fails otherwise.
 # Cache: OUT_DIR/.inputs (lock, build deps, this script); the same inputs reuse OUT_DIR.
 # Env: KILN_CACHE_DIR [<repo>/build/cache], MIRROR [http://deb.debian.org/debian], FORCE=1 rebuilds.
@@ -70,11 +71,18 @@ rm -rf "$out.tmp"; mkdir -p "$out.tmp"
 in_builder --bind-ro="$(readlink -f "$lock")":/kiln/requirements.txt --bind="$(readlink -f "$out.tmp")":/kiln/wheels \
   --setenv=PIP_CERT=/kiln/host-ca.pem \
   /bin/sh -euc 'python3 -m venv /tmp/wb && /tmp/wb/bin/pip wheel -q --require-hashes -w /kiln/wheels -r /kiln/requirements.txt
+                cp /usr/share/python-wheels/pip-*.whl /kiln/wheels/
+                mkdir /tmp/runner && cd /tmp/runner && python3 -m zipfile -e /kiln/wheels/pip-*.whl .
+                python3 -m compileall -q -b -j 0 --invalidation-mode unchecked-hash pip >/dev/null
+                python3 -m zipfile -c /kiln/wheels/pip-runner.zip pip
                 python3 --version >/kiln/wheels/.python' \
   || { echo "build-wheelhouse: pip wheel failed in the $suite builder" >&2; exit 1; }
 
 # The guest installs exactly these files: pin each by its own hash. Every downloaded wheel must carry a locked hash;
-# the rest were built here from a locked (hash-checked) sdist and are listed as such.
+# the rest were built here from a locked (hash-checked) sdist and are listed as such, except pip: the distro's own
+# wheel (python3-pip-whl, what `python3 -m venv` would put in the venv). The venv is made without ensurepip (its compile
+# of pip is ~20 s of emulated CPU) and the install run by pip-runner.zip: that wheel's pip with its bytecode compiled
+# here next to the sources, where zipimport finds it (pip run from its wheel compiles what it imports, ~15 s more).
 lock_abs=$(readlink -f "$lock")
 (
   cd "$out.tmp"
@@ -84,7 +92,7 @@ lock_abs=$(readlink -f "$lock")
     h=$(sha256sum "$w" | cut -c1-64)
     name=${w%%-*} rest=${w#*-}; version=${rest%%-*}
     printf '%s==%s --hash=sha256:%s\n' "$name" "$version" "$h" >>requirements.txt
-    grep -q "sha256:$h" "$lock_abs" || printf '%s==%s %s\n' "$name" "$version" "$w" >>built-from-sdist.txt
+    [ "$name" = pip ] || grep -q "sha256:$h" "$lock_abs" || printf '%s==%s %s\n' "$name" "$version" "$w" >>built-from-sdist.txt
   done
 )
 sha256sum "$lock" | cut -c1-64 >"$out.tmp/source-requirements.sha256"
@@ -95,11 +103,12 @@ got=$(wc -l <"$out.tmp/requirements.txt")
 # they are valid wherever the same wheels are unpacked, and Python itself recompiles any whose source differs.
 # shellcheck disable=SC2016  # expanded inside the builder
 in_builder --bind="$(readlink -f "$out.tmp")":/kiln/wheels \
-  /bin/sh -euc 'python3 -m venv /tmp/t && /tmp/t/bin/pip install -q --no-compile --no-index --find-links /kiln/wheels \
-                  --require-hashes -r /kiln/wheels/requirements.txt && /tmp/t/bin/pip check >/dev/null
+  /bin/sh -euc 'python3 -m venv --without-pip /tmp/t && /tmp/t/bin/python /kiln/wheels/pip-runner.zip/pip install -q --no-compile \
+                  --no-index --find-links /kiln/wheels --require-hashes -r /kiln/wheels/requirements.txt \
+                && /tmp/t/bin/pip check >/dev/null
                 sp=$(/tmp/t/bin/python -c "import sysconfig; print(sysconfig.get_paths()[\"purelib\"])")
                 /tmp/t/bin/python -m compileall -q -j 0 --invalidation-mode checked-hash "$sp" >/dev/null
-                cd "$sp" && find . \( -path ./pip -o -path "./pip-*" \) -prune -o -name "*.pyc" -print \
+                cd "$sp" && find . -name "*.pyc" \
                   | LC_ALL=C sort | tar --owner=0 --group=0 --mtime=@315532800 -cf /kiln/wheels/pycache.tar -T -
                 echo "${sp#/tmp/t/}" >/kiln/wheels/pycache.prefix' \
   || { echo "build-wheelhouse: the wheelhouse does not install on its own (offline, hashes, pip check)" >&2; exit 1; }

@@ -104,6 +104,7 @@ def test_expr_forms_match_expr(args):
 # Inputs as Lynis pipes them, and the edges: none, no final newline, empty fields, repeated delimiters, tabs,
 # non-ASCII (the real command takes over) and a NUL byte (the real command gets all of it).
 CORPUS = [
+    b"DEB-0001 KRNL-6000\nx deb-0001\nDEB-0001",
     b"",
     b"\n",
     b"deb-0001\n",
@@ -126,6 +127,10 @@ FORMS = [
     ["cut", "-d", "=", "-f1-"],
     ["cut", "-c", "9"],
     ["cut", "-c", "1"],
+    ["grep", "DEB-0001"],
+    ["grep", "x"],
+    ["grep", "a.b"],
+    ["grep", "-v"],
     ["tr", "a", "b"],
     ["cut", "-f1"],
     ["wc", "-l"],

@@ -35,10 +35,10 @@ expr() {
   fi
 }
 
-# Lynis pipes short texts through tr, wc, grep and cut by name: in Register (each test's ID upper-cased and looked up
-# in a list, ~900 and ~450 times), in
+# Lynis pipes short texts through tr, wc, grep, sed and cut by name: in Register (each test's ID upper-cased and looked
+# up in a list, ~900 and ~450 times), in
 # Display (each result line's length: `wc -m | tr -d ' '`, ~350 times) and while it reads its profiles and /boot
-# (`cut -d = -f1`, `cut -c 9`, ~450 times). For exactly those argument forms and ASCII text, bash's own string
+# (`cut -d = -f1`, `sed 's/!space!/ /g'`, `grep -E "^config:"`, `cut -c 9`, ~750 times). For exactly those argument forms and ASCII text, bash's own string
 # operations give the same bytes; other input (non-ASCII, a NUL byte) and every other form go to the real command.
 _kiln_slurp() { # all of stdin into KILN_IN; fails with KILN_NUL=1 (KILN_IN: what came before) at a NUL byte
   KILN_IN='' KILN_NUL=0
@@ -67,14 +67,33 @@ wc() {
   if _kiln_plain; then echo "${#KILN_IN}"; else _kiln_real wc "$@"; fi
 }
 
-grep() { # grep WORD (letters, digits, _ and -, as Register looks a test ID up in a list): the lines holding it
-  if [ $# -ne 1 ] || [[ ! $1 =~ ^[A-Za-z0-9_][A-Za-z0-9_-]*$ ]]; then command grep "$@"; return; fi
+grep() { # grep WORD: the lines holding WORD (letters, digits, _ and -, as Register looks a test ID up in a list);
+  # grep -E ^WORD: the lines starting with it (WORD may hold ':' too, as the profile parser asks "^config:")
+  local word anchored='' line found=1
+  if [ $# -eq 1 ] && [[ $1 =~ ^[A-Za-z0-9_][A-Za-z0-9_-]*$ ]]; then
+    word=$1
+  elif [ $# -eq 2 ] && [ "$1" = -E ] && [[ $2 =~ ^\^([A-Za-z0-9_][A-Za-z0-9_:-]*)$ ]]; then
+    word=${BASH_REMATCH[1]} anchored=1
+  else
+    command grep "$@"; return
+  fi
   if ! _kiln_plain; then _kiln_real grep "$@"; return; fi
-  local line found=1
   while IFS= read -r line; do
-    if [[ $line == *"$1"* ]]; then printf '%s\n' "$line"; found=0; fi
+    if [[ -z $anchored && $line == *"$word"* ]] || [[ -n $anchored && $line == "$word"* ]]; then
+      printf '%s\n' "$line"; found=0
+    fi
   done <<<"${KILN_IN%$'\n'}"
   return "$found"
+}
+
+sed() { # sed s/OLD/NEW/g with plain OLD and NEW (letters, digits, '!', ':', '_', ' '), as Lynis's profile parser
+  # turns its "!space!" markers back into spaces
+  if [ $# -eq 1 ] && [[ $1 =~ ^s/([A-Za-z0-9!:_]+)/([A-Za-z0-9!:_ ]*)/g$ ]]; then
+    local old=${BASH_REMATCH[1]} new=${BASH_REMATCH[2]}
+    if _kiln_plain; then printf '%s' "${KILN_IN//"$old"/"$new"}"; else _kiln_real sed "$@"; fi
+  else
+    command sed "$@"
+  fi
 }
 
 cut() { # cut -d D -fN, cut -d D -fN- (D one character), cut -c N

@@ -11,9 +11,10 @@ Targets:
   * any host: pytest tests/infra --hosts=ssh://admin@203.0.113.7 [--ssh-config=FILE] --sudo
     (tests that need Vagrant itself - `vagrant provision` in test_idempotence - are skipped then).
 
-Order: state, http, security basics, hardening, jobs, then the Lynis test (it collects the audit started in the
-background when the target came up: ~29 min under TCG, so it overlaps every suite that leaves services running),
-restart, reboot, idempotence (disruptive last: a reboot would end the audit, a kill could show it a service down).
+Order: state, http, security basics, hardening, jobs, idempotence, then the Lynis test (it collects the audit started
+in the background when the target came up, so it overlaps every suite that leaves services running; a provision that
+changes nothing restarts nothing), restart, reboot (disruptive last: a reboot would end the audit, a kill could show
+it a service down).
 With KILN_LYNIS_BG=DIR the audit is not of this target: the boot check started it on its instance b of
 the production image (tests/image/boot-check.sh), beside the suites here except those that time things (b is held
 while they run: HOLD_LYNIS_VM_FOR), and the Lynis test collects it last.
@@ -50,10 +51,10 @@ ORDER = [
     "test_security_basics",
     "test_hardening",
     "test_jobs",
+    "test_idempotence",
     "test_hardening::test_lynis_hardening_index_meets_target",
     "test_restart",
     "test_reboot",
-    "test_idempotence",
 ]
 LYNIS_TEST = "test_lynis_hardening_index_meets_target"
 LYNIS_BG_DIR = os.environ.get("KILN_LYNIS_BG", "")
@@ -334,10 +335,11 @@ def _kiln_lynis_early(request, _kiln_target):
     """Start the Lynis audit in the background once the target is up, when the Lynis test is selected.
 
     The audit only reads the system: it may overlap the suites before its test (state, http, security basics,
-    hardening, jobs: http stops kiln-web for a moment, jobs kills rq workers and restarts the queue Redis, while nginx,
-    MariaDB and the cache Redis, whose presence Lynis checks, stay up), never the ones after it (restart kills every
-    service, reboot would end the audit, idempotence runs apt): test_lynis_hardening_index_meets_target waits for the
-    audit before they start.
+    hardening, jobs, idempotence: http stops kiln-web for a moment, jobs kills rq workers and restarts the queue Redis,
+    idempotence provisions again, which on a provisioned server changes, restarts and installs nothing, or fails;
+    nginx, MariaDB and the cache Redis, whose presence Lynis checks, stay up), never the ones after it (restart kills
+    every service, reboot would end the audit): test_lynis_hardening_index_meets_target waits for the audit before they
+    start.
     """
     from kilnlib import LynisRun
 

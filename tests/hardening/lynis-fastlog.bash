@@ -3,9 +3,12 @@
 # writes afterwards is a copy-on-write fault) ~25 ms. Lynis spends most of its audit on a few idioms of that kind:
 #   - LogText stamps each of its ~7,000 log lines with `CDATE=$(date ...)`: a fork and an exec per line;
 #   - Register, once per test, takes two timestamps with `$(date "+%N")` and `$(date "+%s%N")`;
-#   - the Debian plugin (DEB-0001) counts its ~1,700 binaries with `expr N + 1`.
-# The functions below give the same output for exactly those forms without the exec (date, expr) or without the fork
-# too (LogText); anything else runs the real command, so every check of Lynis runs as it would under /bin/sh.
+#   - the Debian plugin (DEB-0001) counts its ~1,700 binaries with `expr N + 1`;
+#   - short texts piped through tr, wc, grep, sed, cut and awk, and Display's /bin/echo -e (below).
+# The functions below give the same output for exactly those forms without the exec (date, expr, the text tools) or
+# without the fork too (LogText); anything else runs the real command, so every check of Lynis runs as it would
+# under /bin/sh. tests/tools/test_lynis_fastlog.py holds each form against the real command; a whole audit with and
+# without this file (nspawn, the image's rootfs) gave the same report and the same log but for PIDs and temp names.
 # shellcheck shell=bash
 
 # For Lynis itself only: the programs it starts (some are bash scripts) get their usual environment.
@@ -57,14 +60,14 @@ tr() {
   elif [ $# -eq 2 ] && [ "$1" = -d ] && [ "$2" = ' ' ]; then
     if _kiln_plain; then printf '%s' "${KILN_IN// /}"; return 0; fi
   else
-    command tr "$@"; return
+    command "${KILN_REAL:-tr}" "$@"; return
   fi
-  _kiln_real tr "$@"
+  _kiln_real "${KILN_REAL:-tr}" "$@"
 }
 
 wc() {
-  if [ $# -ne 1 ] || [ "$1" != -m ]; then command wc "$@"; return; fi
-  if _kiln_plain; then echo "${#KILN_IN}"; else _kiln_real wc "$@"; fi
+  if [ $# -ne 1 ] || [ "$1" != -m ]; then command "${KILN_REAL:-wc}" "$@"; return; fi
+  if _kiln_plain; then echo "${#KILN_IN}"; else _kiln_real "${KILN_REAL:-wc}" "$@"; fi
 }
 
 grep() { # grep WORD: the lines holding WORD (letters, digits, _ and -, as Register looks a test ID up in a list);
@@ -75,9 +78,9 @@ grep() { # grep WORD: the lines holding WORD (letters, digits, _ and -, as Regis
   elif [ $# -eq 2 ] && [ "$1" = -E ] && [[ $2 =~ ^\^([A-Za-z0-9_][A-Za-z0-9_:-]*)$ ]]; then
     word=${BASH_REMATCH[1]} anchored=1
   else
-    command grep "$@"; return
+    command "${KILN_REAL:-grep}" "$@"; return
   fi
-  if ! _kiln_plain; then _kiln_real grep "$@"; return; fi
+  if ! _kiln_plain; then _kiln_real "${KILN_REAL:-grep}" "$@"; return; fi
   while IFS= read -r line; do
     if [[ -z $anchored && $line == *"$word"* ]] || [[ -n $anchored && $line == "$word"* ]]; then
       printf '%s\n' "$line"; found=0
@@ -90,9 +93,9 @@ sed() { # sed s/OLD/NEW/g with plain OLD and NEW (letters, digits, '!', ':', '_'
   # turns its "!space!" markers back into spaces
   if [ $# -eq 1 ] && [[ $1 =~ ^s/([A-Za-z0-9!:_]+)/([A-Za-z0-9!:_ ]*)/g$ ]]; then
     local old=${BASH_REMATCH[1]} new=${BASH_REMATCH[2]}
-    if _kiln_plain; then printf '%s' "${KILN_IN//"$old"/"$new"}"; else _kiln_real sed "$@"; fi
+    if _kiln_plain; then printf '%s' "${KILN_IN//"$old"/"$new"}"; else _kiln_real "${KILN_REAL:-sed}" "$@"; fi
   else
-    command sed "$@"
+    command "${KILN_REAL:-sed}" "$@"
   fi
 }
 
@@ -103,9 +106,9 @@ cut() { # cut -d D -fN, cut -d D -fN- (D one character), cut -c N
   elif [ $# -eq 2 ] && [ "$1" = -c ] && [[ $2 =~ ^[1-9][0-9]?$ ]]; then
     c=$2
   else
-    command cut "$@"; return
+    command "${KILN_REAL:-cut}" "$@"; return
   fi
-  if ! _kiln_plain; then _kiln_real cut "$@"; return; fi
+  if ! _kiln_plain; then _kiln_real "${KILN_REAL:-cut}" "$@"; return; fi
   [ -n "$KILN_IN" ] || return 0
   while IFS= read -r line; do
     if [ -n "$c" ]; then
@@ -121,6 +124,53 @@ cut() { # cut -d D -fN, cut -d D -fN- (D one character), cut -c N
     fi
   done <<<"${KILN_IN%$'\n'}"
 }
+
+awk() { # awk [-F' '] '{ print $N }' (fields split at blanks) and awk -FC '{ print $N }' (C one of = ; : , | /)
+  local n fs=''
+  if [ $# -eq 1 ] && [[ $1 =~ ^\{\ ?print\ \$([1-9])\ ?\}$ ]]; then
+    n=${BASH_REMATCH[1]}
+  elif [ $# -eq 2 ] && [[ $1 =~ ^-F([=\;:,|/ ])$ ]] && fs=${BASH_REMATCH[1]} && [[ $2 =~ ^\{\ ?print\ \$([1-9])\ ?\}$ ]]; then
+    n=${BASH_REMATCH[1]}
+    [ "$fs" != ' ' ] || fs='' # a single space is awk's default splitting
+  else
+    command "${KILN_REAL:-awk}" "$@"; return
+  fi
+  if ! _kiln_plain; then _kiln_real "${KILN_REAL:-awk}" "$@"; return; fi
+  [ -n "$KILN_IN" ] || return 0
+  local line rest i f
+  while IFS= read -r line; do
+    if [ -z "$fs" ]; then
+      IFS=$' \t\n' read -r -a f <<<"$line" # blanks, as awk's default field splitting
+      printf '%s\n' "${f[n-1]:-}"
+    else
+      rest=$line
+      for ((i = 1; i < n; i++)); do
+        if [[ $rest == *"$fs"* ]]; then rest=${rest#*"$fs"}; else rest=''; break; fi
+      done
+      printf '%s\n' "${rest%%"$fs"*}"
+    fi
+  done <<<"${KILN_IN%$'\n'}"
+}
+
+# Lynis calls most tools by the paths it found them at ($AWKBINARY=/usr/bin/awk, ...): bash looks functions up by
+# those names too. Each runs the function above, whose fallback runs the very program named.
+for _kiln_cmd in tr wc grep sed cut awk; do
+  for _kiln_dir in /usr/bin /bin; do
+    if [ -x "$_kiln_dir/$_kiln_cmd" ]; then
+      eval "$_kiln_dir/$_kiln_cmd() { KILN_REAL=$_kiln_dir/$_kiln_cmd $_kiln_cmd \"\$@\"; }"
+    fi
+  done
+done
+unset _kiln_cmd _kiln_dir
+# Display prints each line with /bin/echo -e: without a backslash in its words, that is the builtin echo's output.
+for _kiln_dir in /usr/bin /bin; do
+  if [ -x "$_kiln_dir/echo" ]; then
+    eval "$_kiln_dir/echo() {
+      if [ \"\${1:-}\" = -e ] && [[ \"\${*:2}\" != *\\\\* ]]; then builtin echo \"\${@:2}\"; else command $_kiln_dir/echo \"\$@\"; fi
+    }"
+  fi
+done
+unset _kiln_dir
 
 # LogText without the fork: Lynis's own definition, with the stamp from printf's builtin clock instead of
 # $(date ...). Lynis defines LogText after this file has run; `readonly -f` keeps this one (bash says once on stderr

@@ -104,6 +104,7 @@ def test_expr_forms_match_expr(args):
 # Inputs as Lynis pipes them, and the edges: none, no final newline, empty fields, repeated delimiters, tabs,
 # non-ASCII (the real command takes over) and a NUL byte (the real command gets all of it).
 CORPUS = [
+    b"net.ipv6.conf.all.mtu=1280\nconfig-data=sysctl;fs.suid_dumpable;0;1;desc-space-x;\n a:b:c  d\tx,y,z | w\n",
     b"config:x:y!space!z\nskip-test=A!space!!space!B\n!space!",
     b"DEB-0001 KRNL-6000\nx deb-0001\nDEB-0001",
     b"",
@@ -136,6 +137,21 @@ FORMS = [
     ["grep", "-E", "^x"],
     ["grep", "-E", "^a.b"],
     ["sed", "s/!space!/ /g"],
+    ["/usr/bin/sed", "s/__space__/ /g"],
+    ["awk", "{ print $1 }"],
+    ["awk", "{print $2}"],
+    ["awk", "-F ", "{ print $3 }"],
+    ["/usr/bin/awk", "-F=", "{ print $1 }"],
+    ["/usr/bin/awk", "-F=", "{ print $2 }"],
+    ["/usr/bin/awk", "-F;", "{ print $4 }"],
+    ["/usr/bin/awk", "-F:", "{print $1}"],
+    ["/usr/bin/awk", "-F/", "{ print $NF }"],
+    ["/usr/bin/awk", "{ print $1, $2 }"],
+    ["/usr/bin/cut", "-d", ",", "-f2"],
+    ["/usr/bin/cut", "-d", ":", "-f1"],
+    ["/usr/bin/tr", "[:lower:]", "[:upper:]"],
+    ["/usr/bin/tr", "|", " "],
+    ["/usr/bin/grep", "DEB-0001"],
     ["sed", "s/a/X/g"],
     ["sed", "s/a/X/"],
     ["sed", "s/a.b/X/g"],
@@ -161,9 +177,21 @@ def test_text_forms_give_what_the_command_gives(form, lang):
         assert (ours.returncode, ours.stdout) == (real.returncode, real.stdout), f"{form} on {data!r}"
 
 
+@pytest.mark.parametrize(
+    "args", [["-e", "- Checking", "x", "[ OK ]"], ["-e", "a\\tb"], ["-e", "-n", "x"], ["-e"], ["-n", "x"], ["x\\cy"]]
+)
+def test_bin_echo_gives_what_bin_echo_gives(args):
+    ours = bash('/bin/echo "$@"', *args, shim=True)
+    real = subprocess.run(["/bin/echo", *args], capture_output=True, text=True, check=False)
+    assert (ours.returncode, ours.stdout) == (real.returncode, real.stdout)
+
+
 def test_text_forms_run_without_a_process(tmp_path):
     # The point of the shim: for Lynis's forms on ASCII text no program starts (PATH holds none of them here).
-    script = "echo DEB-0001 | tr '[:lower:]' '[:upper:]'; echo 'a b' | wc -m | tr -d ' '; echo k=v | cut -d = -f2"
+    script = (
+        "echo DEB-0001 | tr '[:lower:]' '[:upper:]'; echo 'a b' | wc -m | tr -d ' '; echo k=v | cut -d = -f2; "
+        "echo a=b | /usr/bin/awk -F= '{ print $2 }'; /bin/echo -e done"
+    )
     res = subprocess.run(
         ["/bin/bash", "-c", script],
         capture_output=True,
@@ -171,4 +199,4 @@ def test_text_forms_run_without_a_process(tmp_path):
         check=False,
         env={"PATH": str(tmp_path), "BASH_ENV": str(FASTLOG)},
     )
-    assert res.stdout == "DEB-0001\n4\nv\n", res.stdout + res.stderr
+    assert res.stdout == "DEB-0001\n4\nv\nb\ndone\n", res.stdout + res.stderr

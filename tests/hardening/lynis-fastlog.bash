@@ -53,6 +53,14 @@ _kiln_real() { # _kiln_real CMD ARGS...: the real CMD on the input _kiln_slurp r
   { printf '%s' "$KILN_IN"; if [ "$KILN_NUL" = 1 ]; then printf '\0'; command cat; fi; } | command "$@"
 }
 
+_kiln_field() { # _kiln_field LINE D N [-]: LINE's field N (N and the rest with -) between the one-character delimiters D
+  local rest=$1 d=$2 i
+  for ((i = 1; i < $3; i++)); do
+    if [[ $rest == *"$d"* ]]; then rest=${rest#*"$d"}; else rest=''; break; fi
+  done
+  if [ -n "${4:-}" ]; then printf '%s\n' "$rest"; else printf '%s\n' "${rest%%"$d"*}"; fi
+}
+
 tr() {
   if [ $# -eq 2 ] && [ "$1" = '[:lower:]' ] && [ "$2" = '[:upper:]' ]; then
     # a-z to A-Z, as tr maps ASCII letters in every locale but the Turkic ones (i to dotted I): those get tr
@@ -100,7 +108,7 @@ sed() { # sed s/OLD/NEW/g with plain OLD and NEW (letters, digits, '!', ':', '_'
 }
 
 cut() { # cut -d D -fN, cut -d D -fN- (D one character), cut -c N
-  local d='' n='' open='' c='' line rest i
+  local d='' n='' open='' c='' line
   if [ $# -eq 3 ] && [ "$1" = -d ] && [ ${#2} -eq 1 ] && [[ $3 =~ ^-f([1-9][0-9]?)(-?)$ ]]; then
     d=$2 n=${BASH_REMATCH[1]} open=${BASH_REMATCH[2]}
   elif [ $# -eq 2 ] && [ "$1" = -c ] && [[ $2 =~ ^[1-9][0-9]?$ ]]; then
@@ -116,11 +124,7 @@ cut() { # cut -d D -fN, cut -d D -fN- (D one character), cut -c N
     elif [[ $line != *"$d"* ]]; then
       printf '%s\n' "$line" # a line without the delimiter is printed whole
     else
-      rest=$line
-      for ((i = 1; i < n; i++)); do
-        if [[ $rest == *"$d"* ]]; then rest=${rest#*"$d"}; else rest=''; break; fi
-      done
-      if [ -n "$open" ]; then printf '%s\n' "$rest"; else printf '%s\n' "${rest%%"$d"*}"; fi
+      _kiln_field "$line" "$d" "$n" "$open"
     fi
   done <<<"${KILN_IN%$'\n'}"
 }
@@ -137,17 +141,13 @@ awk() { # awk [-F' '] '{ print $N }' (fields split at blanks) and awk -FC '{ pri
   fi
   if ! _kiln_plain; then _kiln_real "${KILN_REAL:-awk}" "$@"; return; fi
   [ -n "$KILN_IN" ] || return 0
-  local line rest i f
+  local line f
   while IFS= read -r line; do
     if [ -z "$fs" ]; then
       IFS=$' \t\n' read -r -a f <<<"$line" # blanks, as awk's default field splitting
       printf '%s\n' "${f[n-1]:-}"
     else
-      rest=$line
-      for ((i = 1; i < n; i++)); do
-        if [[ $rest == *"$fs"* ]]; then rest=${rest#*"$fs"}; else rest=''; break; fi
-      done
-      printf '%s\n' "${rest%%"$fs"*}"
+      _kiln_field "$line" "$fs" "$n"
     fi
   done <<<"${KILN_IN%$'\n'}"
 }

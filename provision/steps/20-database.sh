@@ -8,7 +8,7 @@ apt_install "${PKG_DB_SERVER[@]}"
 
 if install_file "$KILN_FILES/etc/mysql/kiln.cnf" "$DB_CONF_DIR/90-kiln.cnf" 0644; then need_restart "$DB_SERVICE"; fi
 unit=${DB_SERVICE%.service}
-for dropin in kiln.conf "${DB_UNIT_EXTRA[@]}"; do
+for dropin in kiln.conf kiln-early.conf "${DB_UNIT_EXTRA[@]}"; do
   if install_file "$KILN_FILES/etc/systemd/system/mariadb.service.d/$dropin" \
        "/etc/systemd/system/$unit.service.d/$dropin" 0644; then need_restart daemon-reload; fi
 done

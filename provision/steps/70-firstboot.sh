@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# step: first-boot unit (per-instance secrets, TLS, DB, migrations), the operator commands, SSH host keys at boot,
+# step: first-boot units (per-instance secrets, TLS, env; then DB user, migrations), the operator commands, SSH host keys at boot,
 # supervisord woken at start (the path to the first served request)
 set -euo pipefail
 # shellcheck source=provision/lib/common.sh
@@ -7,8 +7,10 @@ set -euo pipefail
 
 put usr/local/sbin/kiln-firstboot 0755 || true
 put usr/local/sbin/kiln-letsencrypt 0755 || true
-if put etc/systemd/system/kiln-firstboot.service; then need_restart daemon-reload; fi
-svc_enable kiln-firstboot.service || true
+for unit in kiln-firstboot.service kiln-firstboot-db.service; do
+  if put "etc/systemd/system/$unit"; then need_restart daemon-reload; fi
+  svc_enable "$unit" || true
+done
 
 # SSH host keys: where openssh ships sshd-keygen.service (Debian 13), it makes them at boot, off the path to the first
 # served request; cloud-init is told not to make them itself in its network stage, which everything waits for.
@@ -22,3 +24,25 @@ fi
 # supervisord waits up to 1 s for a client before it spawns its programs (see the unit): woken at every start.
 if put etc/systemd/system/kiln-supervisor-kick.service; then need_restart daemon-reload; fi
 svc_enable kiln-supervisor-kick.service || true
+
+# CPU at boot: on 1-2 vCPUs everything that starts at boot competes for the CPU, and each unit has the same weight.
+# The boot-only units on the path to the first served request get a larger one: cloud-init's single process (every
+# unit waits for its network stage) and both first-boot stages; the boot-only work beside that path a smaller one:
+# SSH host-key generation and unattended-upgrades' shutdown helper, which only waits for a signal after its start.
+# Long-running services keep the default weight (systemd 257 does not drop a StartupCPUWeight= once the boot
+# finished, so the web's share at run time would change): no unit is starved, each only yields while others need
+# the CPU. Setting a weight turns on the cgroup cpu controller for system.slice: services then share the CPU per
+# service (cgroup), as they did per session (sched autogroup) without it.
+BOOT_CPU_WEIGHT_PATH=1000
+BOOT_CPU_WEIGHT_BESIDE=10
+for spec in cloud-init-main:$BOOT_CPU_WEIGHT_PATH kiln-firstboot:$BOOT_CPU_WEIGHT_PATH \
+            kiln-firstboot-db:$BOOT_CPU_WEIGHT_PATH sshd-keygen:$BOOT_CPU_WEIGHT_BESIDE \
+            unattended-upgrades:$BOOT_CPU_WEIGHT_BESIDE; do
+  unit=${spec%%:*}
+  if write_file "/etc/systemd/system/$unit.service.d/kiln-boot-cpu.conf" 0644 root:root <<EOF2
+# Kiln (provision/steps/70-firstboot.sh): this unit's share of the CPU while the system boots.
+[Service]
+CPUWeight=${spec#*:}
+EOF2
+  then need_restart daemon-reload; fi
+done

@@ -66,3 +66,11 @@ rm -f /tmp/kiln-sshd-T.$$
 # The running sshd is reloaded by the restart/reload handling (need_reload): existing sessions survive; new
 # logins need a key, which is what the Packer build user (ed25519) and Vagrant (insecure key) use.
 log "sshd: key-only, PermitRootLogin no, UsePAM yes; effective config verified with sshd -T"
+
+# No sshd on AF_VSOCK: systemd >= 256's ssh generator offers sshd to the hypervisor host over vsock when it finds a
+# vsock device. A VPS is reached over the network only, and the probe loads the vsock modules at every boot, before
+# any unit starts (0.8 s under emulation). A generator linked to /dev/null in /etc is disabled (systemd.generator(7)).
+if [ -e /usr/lib/systemd/system-generators/systemd-ssh-generator ]; then
+  mkdir -p /etc/systemd/system-generators
+  if ensure_symlink /dev/null /etc/systemd/system-generators/systemd-ssh-generator; then need_restart daemon-reload; fi
+fi

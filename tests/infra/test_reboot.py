@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from kilnlib import (
+    FIRSTBOOT_UNITS,
     SERVICES,
     SOCKET,
     all_running,
@@ -74,9 +75,9 @@ def rebooted(host, kiln_vm):
     return {"record": record, "t0": t0, "panicked": panicked}
 
 
-@pytest.mark.parametrize("unit", [*SERVICES, "kiln-firstboot"])
+@pytest.mark.parametrize("unit", [*SERVICES, *FIRSTBOOT_UNITS])
 def test_service_is_back_after_reboot(host, rebooted, unit):
-    want = ("active",) if unit != "kiln-firstboot" else ("active", "inactive")
+    want = ("active",) if unit not in FIRSTBOOT_UNITS else ("active", "inactive")
     wait_for(
         lambda: host.run(f"systemctl is-active {unit}").stdout.strip() in want,
         180,
@@ -84,8 +85,8 @@ def test_service_is_back_after_reboot(host, rebooted, unit):
         f"{unit} {want} after reboot",
         evidence=lambda: unit_evidence(host, unit),
     )
-    if unit == "kiln-firstboot":
-        res = host.run("systemctl show -p Result --value kiln-firstboot")
+    if unit in FIRSTBOOT_UNITS:
+        res = host.run(f"systemctl show -p Result --value {unit}")
         assert res.stdout.strip() == "success", unit_evidence(host, unit)
 
 

@@ -4,7 +4,17 @@ import re
 
 import pytest
 
-from kilnlib import SERVICES, SOCKET, app_processes, out, supervisor_text, unit_evidence, wait_for, worker_names
+from kilnlib import (
+    FIRSTBOOT_UNITS,
+    SERVICES,
+    SOCKET,
+    app_processes,
+    out,
+    supervisor_text,
+    unit_evidence,
+    wait_for,
+    worker_names,
+)
 
 PACKAGES = ["nginx", "mariadb-server", "redis-server", "supervisor", "python3-venv", "openssl", "curl"]
 
@@ -30,9 +40,10 @@ def test_service_is_enabled_and_running(host, unit):
     )
 
 
-def test_firstboot_has_completed(host):
-    res = host.run("systemctl show -p ActiveState,Result,ExecMainStatus kiln-firstboot.service")
-    assert "Result=success" in res.stdout, res.stdout + unit_evidence(host, "kiln-firstboot")
+@pytest.mark.parametrize("unit", FIRSTBOOT_UNITS)
+def test_firstboot_stage_has_completed(host, unit):
+    res = host.run(f"systemctl show -p ActiveState,Result,ExecMainStatus {unit}.service")
+    assert "Result=success" in res.stdout, res.stdout + unit_evidence(host, unit)
     assert host.file("/var/lib/kiln/firstboot.done").exists
 
 

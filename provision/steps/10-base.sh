@@ -63,6 +63,3 @@ ensure_dir /usr/share/kiln 0755 root:root
 put etc/tmpfiles.d/kiln.conf || true
 # /run/kiln (gunicorn socket; group www-data so nginx can reach it) — tmpfiles creates it at every boot.
 if booted; then systemd-tmpfiles --create /etc/tmpfiles.d/kiln.conf; fi
-# kiln-early.target: what the services that start before sysinit.target (database, Redis, first boot's secrets
-# stage) need, listed once for their drop-ins (steps 20, 30, 70).
-if put etc/systemd/system/kiln-early.target; then need_restart daemon-reload; fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# step: first-boot units (per-instance secrets; TLS, env; DB user, migrations), the operator commands, SSH host keys at boot,
+# step: first-boot units (per-instance secrets, TLS, env; then DB user, migrations), the operator commands, SSH host keys at boot,
 # supervisord woken at start (the path to the first served request)
 set -euo pipefail
 # shellcheck source=provision/lib/common.sh
@@ -7,7 +7,7 @@ set -euo pipefail
 
 put usr/local/sbin/kiln-firstboot 0755 || true
 put usr/local/sbin/kiln-letsencrypt 0755 || true
-for unit in kiln-firstboot-secrets.service kiln-firstboot.service kiln-firstboot-db.service; do
+for unit in kiln-firstboot.service kiln-firstboot-db.service; do
   if put "etc/systemd/system/$unit"; then need_restart daemon-reload; fi
   svc_enable "$unit" || true
 done
@@ -27,7 +27,7 @@ svc_enable kiln-supervisor-kick.service || true
 
 # CPU at boot: on 1-2 vCPUs everything that starts at boot competes for the CPU, and each unit has the same weight.
 # The boot-only units on the path to the first served request get a larger one: cloud-init's single process (every
-# unit waits for its network stage) and the first-boot stages; the boot-only work beside that path a smaller one:
+# unit waits for its network stage) and both first-boot stages; the boot-only work beside that path a smaller one:
 # SSH host-key generation and unattended-upgrades' shutdown helper, which only waits for a signal after its start.
 # Long-running services keep the default weight (systemd 257 does not drop a StartupCPUWeight= once the boot
 # finished, so the web's share at run time would change): no unit is starved, each only yields while others need
@@ -35,8 +35,8 @@ svc_enable kiln-supervisor-kick.service || true
 # service (cgroup), as they did per session (sched autogroup) without it.
 BOOT_CPU_WEIGHT_PATH=1000
 BOOT_CPU_WEIGHT_BESIDE=10
-for spec in cloud-init-main:$BOOT_CPU_WEIGHT_PATH kiln-firstboot-secrets:$BOOT_CPU_WEIGHT_PATH \
-            kiln-firstboot:$BOOT_CPU_WEIGHT_PATH kiln-firstboot-db:$BOOT_CPU_WEIGHT_PATH sshd-keygen:$BOOT_CPU_WEIGHT_BESIDE \
+for spec in cloud-init-main:$BOOT_CPU_WEIGHT_PATH kiln-firstboot:$BOOT_CPU_WEIGHT_PATH \
+            kiln-firstboot-db:$BOOT_CPU_WEIGHT_PATH sshd-keygen:$BOOT_CPU_WEIGHT_BESIDE \
             unattended-upgrades:$BOOT_CPU_WEIGHT_BESIDE; do
   unit=${spec%%:*}
   if write_file "/etc/systemd/system/$unit.service.d/kiln-boot-cpu.conf" 0644 root:root <<EOF2

@@ -28,8 +28,8 @@ WEB_LOG = "/var/log/kiln/web.log"
 SOCKET = "/run/kiln/gunicorn.sock"
 GUNICORN_PID = "/run/kiln/gunicorn.pid"
 SERVICES = ["nginx", "mariadb", "redis-server@cache", "redis-server@queue", "supervisor"]
-# first boot in three stages (provision/files/usr/local/sbin/kiln-firstboot): secrets, config, database
-FIRSTBOOT_UNITS = ["kiln-firstboot-secrets", "kiln-firstboot", "kiln-firstboot-db"]
+# first boot in two stages (provision/files/usr/local/sbin/kiln-firstboot): config, then database
+FIRSTBOOT_UNITS = ["kiln-firstboot", "kiln-firstboot-db"]
 
 
 def sh(host, cmd: str, ok=(0,), timeout: int | None = None):

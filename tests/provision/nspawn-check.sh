@@ -153,7 +153,7 @@ snapshot() { # state that a no-op provisioning run must not change
 
 service_checks() { # service_checks PHASE
   local u
-  for u in kiln-firstboot-secrets kiln-firstboot kiln-firstboot-db mariadb redis-server@cache redis-server@queue nginx supervisor; do
+  for u in kiln-firstboot kiln-firstboot-db mariadb redis-server@cache redis-server@queue nginx supervisor; do
     check "$1: $u.service active" cx systemctl is-active -q "$u.service"
   done
   check "$1: stock redis-server.service masked" test "$(cx systemctl is-enabled redis-server.service 2>/dev/null)" = masked
@@ -210,7 +210,7 @@ service_checks "first boot"
 FIRSTBOOT_SECS=$READY_SECS
 echo "  first boot (no baked schema: migrates) -> first /readyz 200: ${FIRSTBOOT_SECS}s"
 check "first boot: no schema record yet -> migrate ran, then recorded (/var/lib/kiln/schema.migrated)" bash -c \
-  "cx journalctl -b -u 'kiln-firstboot*' --no-pager -o cat | grep -q 'running migrations: no record' && cx grep -qx 'RELEASE=$VERSION' /var/lib/kiln/schema.migrated"
+  "cx journalctl -b -u kiln-firstboot -u kiln-firstboot-db --no-pager -o cat | grep -q 'running migrations: no record' && cx grep -qx 'RELEASE=$VERSION' /var/lib/kiln/schema.migrated"
 workers_after_web() { # workers_after_web PHASE: every rq worker of this boot waited until kiln-web answered
   local n line
   for n in 0 1; do
@@ -310,7 +310,7 @@ if [ "${KILN_NSPAWN_QUICK:-0}" != 1 ]; then
   REBOOT_SECS=$READY_SECS
   service_checks "reboot"
   workers_after_web "reboot"
-  check "same machine-id, first boot skipped" bash -c "cx journalctl -b -u 'kiln-firstboot*' --no-pager | grep -q 'already done for this instance'"
+  check "same machine-id, first boot skipped" bash -c "cx journalctl -b -u kiln-firstboot -u kiln-firstboot-db --no-pager | grep -q 'already done for this instance'"
   test "$(cx cat /etc/machine-id)" = "$mid" || bad "machine-id changed across reboot"
 
   # -------------------------------------------------------------- 5. cleanup.sh, then a fresh first boot
@@ -350,9 +350,9 @@ if [ "${KILN_NSPAWN_QUICK:-0}" != 1 ]; then
   check "fresh instance: new SECRET_KEY" cx bash -c "! grep -qx '$old_secret' /etc/kiln/kiln.env"
   new_hostkey=$(cx ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub 2>/dev/null | awk '{print $2}' || true)
   check "fresh instance: SSH host keys made anew by sshd-keygen.service, not by kiln-firstboot ($new_hostkey)" bash -c \
-    "[ -n '$new_hostkey' ] && [ '$new_hostkey' != '$old_hostkey' ] && [ \"\$(cx systemctl show -p Result --value sshd-keygen.service)\" = success ] && ! cx journalctl -b -u 'kiln-firstboot*' --no-pager -o cat | grep -q 'ssh host keys'"
+    "[ -n '$new_hostkey' ] && [ '$new_hostkey' != '$old_hostkey' ] && [ \"\$(cx systemctl show -p Result --value sshd-keygen.service)\" = success ] && ! cx journalctl -b -u kiln-firstboot -u kiln-firstboot-db --no-pager -o cat | grep -q 'ssh host keys'"
   check "fresh instance: baked schema matched -> migrate skipped (no Django run by kiln-firstboot)" bash -c \
-    "cx journalctl -b -u 'kiln-firstboot*' --no-pager -o cat | grep -q 'migrations: skipped: release $VERSION' && ! cx journalctl -b -u 'kiln-firstboot*' --no-pager -o cat | grep -qE 'running migrations|Apply all migrations'"
+    "cx journalctl -b -u kiln-firstboot -u kiln-firstboot-db --no-pager -o cat | grep -q 'migrations: skipped: release $VERSION' && ! cx journalctl -b -u kiln-firstboot -u kiln-firstboot-db --no-pager -o cat | grep -qE 'running migrations|Apply all migrations'"
   check "fresh instance: the app user works with its new password (records API over HTTPS)" test "$(http_code https://127.0.0.1/records/)" = 200
   workers_after_web "fresh instance"
   max=${KILN_NSPAWN_READY_MAX:-3}

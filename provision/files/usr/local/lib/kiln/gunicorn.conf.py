@@ -10,6 +10,7 @@ worker of this master serves, there is one slot: the first import runs alone, wi
 13 s, same machine). From then on there is one slot per CPU (the rest of the workers; a HUP's new workers, while
 the old ones keep serving). A worker that dies holding a slot frees it (the kernel drops its flock). Waiting workers
 keep their heartbeat, so gunicorn's --timeout never kills them for waiting, and exit at once when the master stops.
+The marker "a worker of this master serves" is also what /usr/local/bin/kiln-rqworker waits for before it starts rq.
 """
 
 import contextlib

@@ -55,7 +55,8 @@ find /var/lib/redis/cache /var/lib/redis/queue -mindepth 1 -delete 2>/dev/null |
 rm -f /var/lib/mysql/auto.cnf /var/lib/mysql/*.pem
 
 step "remove per-instance secrets, env, TLS, first-boot marker, uploaded media, app logs"
-rm -f /etc/kiln/secrets.env /etc/kiln/kiln.env /etc/kiln/overrides.env /var/lib/kiln/firstboot.done
+rm -f /etc/kiln/secrets.env /etc/kiln/kiln.env /etc/kiln/overrides.env /var/lib/kiln/firstboot.done \
+  /var/lib/kiln/provision.pending
 rm -f /etc/redis/kiln-cache.auth.conf /etc/redis/kiln-queue.auth.conf
 find /etc/kiln/tls -mindepth 1 -delete 2>/dev/null || true
 find /srv/kiln/shared/media -mindepth 1 -delete 2>/dev/null || true

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Kiln provisioner: the single entry point used by Packer, the Vagrantfile and the nspawn test tier.
 #   sudo provision/install.sh            # run all steps (idempotent: a second run changes nothing)
-#   sudo provision/install.sh 40 60      # run only steps whose number starts with 40 or 60 (debugging)
+#   sudo provision/install.sh 40 60      # run only steps whose number starts with 40 or 60 (debugging), then the
+#                                        # apply steps 89 and 99, as every run: they restart and reload what this or
+#                                        # an earlier run changed and nothing has applied yet (/var/lib/kiln/provision.pending)
 # Expects the app source next to it: $(dirname install.sh)/../app (override: KILN_APP_SRC).
 # Environment (all optional):
 #   KILN_VERSION        release name for /srv/kiln/releases/<version> [default: 0.0.0+<app content hash>]
@@ -40,7 +42,14 @@ trap 'rm -rf "$KILN_TMP"' EXIT
 chmod 0755 "$KILN_TMP"
 KILN_CHANGES=$KILN_TMP/changes
 : >"$KILN_CHANGES"
-export KILN_CHANGES
+# Restarts and reloads asked for and not applied yet: kept across runs, so a failed or partial run leaves them to the
+# next one; the apply steps (89, 99) apply them and 99 clears the file.
+KILN_PENDING=/var/lib/kiln/provision.pending
+mkdir -p "${KILN_PENDING%/*}" || die "cannot create ${KILN_PENDING%/*}"
+export KILN_CHANGES KILN_PENDING
+if [ -s "$KILN_PENDING" ]; then
+  log "pending from an earlier run, applied by this one: $(sort -u "$KILN_PENDING" | tr '\n' ' ')"
+fi
 
 only=("$@")
 total_start=$(date +%s)
@@ -67,7 +76,7 @@ fi
 for step in "$KILN_PROVISION_DIR"/steps/[0-9][0-9]-*.sh; do
   name=$(basename "$step" .sh)
   if [ ${#only[@]} -gt 0 ]; then
-    match=0; for o in "${only[@]}"; do [[ $name == "$o"* ]] && match=1; done
+    match=0; for o in "${only[@]}" 89 99; do [[ $name == "$o"* ]] && match=1; done
     [ "$match" -eq 1 ] || continue
   fi
   before=$(wc -l <"$KILN_CHANGES")

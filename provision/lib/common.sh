@@ -1,10 +1,14 @@
 # shellcheck shell=bash
 # Shared helpers for provision/install.sh, its steps and provision/cleanup.sh. Sourced, never executed.
-# Contract: install.sh exports KILN_PROVISION_DIR, KILN_APP_SRC, KILN_DISTRO, KILN_CHANGES (a scratch file).
+# Contract: install.sh exports KILN_PROVISION_DIR, KILN_APP_SRC, KILN_DISTRO, KILN_CHANGES (this run's change log)
+# and KILN_PENDING (restarts and reloads not applied yet: kept across runs until a run applies them).
+# The helpers are called from `if` and `||` (their return value says "changed"), where bash ignores set -e: each of
+# them checks its own commands, and a failure stops the step (die) instead of being reported as a change.
 
 KILN_PROVISION_DIR=${KILN_PROVISION_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 KILN_FILES=$KILN_PROVISION_DIR/files
 KILN_CHANGES=${KILN_CHANGES:-/dev/null}
+KILN_PENDING=${KILN_PENDING:-/dev/null}
 export DEBIAN_FRONTEND=noninteractive
 
 log()  { printf '    %s\n' "$*"; }
@@ -33,24 +37,35 @@ load_distro() {
   export KILN_DISTRO
 }
 
-# Record that something changed and which services need a restart/reload because of it.
-changed()      { printf 'changed %s\n' "$1" >>"$KILN_CHANGES"; log "changed: $1"; }
-need_restart() { printf 'restart %s\n' "$1" >>"$KILN_CHANGES"; }
-need_reload()  { printf 'reload %s\n' "$1" >>"$KILN_CHANGES"; }
+# Record that something changed and which services need a restart/reload because of it (until applied: 89, 99).
+changed()      { printf 'changed %s\n' "$1" >>"$KILN_CHANGES" || die "cannot append to $KILN_CHANGES"; log "changed: $1"; }
+need_restart() { printf 'restart %s\n' "$1" >>"$KILN_PENDING" || die "cannot record a pending restart of $1 in $KILN_PENDING"; }
+need_reload()  { printf 'reload %s\n' "$1" >>"$KILN_PENDING" || die "cannot record a pending reload of $1 in $KILN_PENDING"; }
+# pending restart|reload UNIT: a change recorded by this or an earlier run that no run has applied yet
+pending()      { grep -qsx "$1 $2" "$KILN_PENDING"; }
 
 # install_file SRC DEST [MODE] [OWNER:GROUP] -> returns 0 if DEST was (re)written, 1 if already identical.
 # Never rewrites identical files (so mtimes and checksums stay stable across runs).
+# A failed write (read-only or full file system, unknown owner) stops the step naming the file; the old file stays
+# whole (the new content goes to DEST.kiln-new first and replaces DEST by rename only once it is complete).
 install_file() {
-  local src=$1 dest=$2 mode=${3:-0644} owner=${4:-root:root}
+  local src=$1 dest=$2 mode=${3:-0644} owner=${4:-root:root} meta
   [ -f "$src" ] || die "missing source file $src"
-  mkdir -p "$(dirname "$dest")"
+  [ -d "${dest%/*}" ] || mkdir -p "${dest%/*}" || die "cannot create directory ${dest%/*} for $dest"
   if [ -f "$dest" ] && cmp -s "$src" "$dest"; then
     # content identical: only fix metadata if needed
-    [ "$(stat -c '%a %U:%G' "$dest")" = "${mode#0} $owner" ] || { chmod "$mode" "$dest"; chown "$owner" "$dest"; changed "$dest (mode/owner)"; }
+    meta=$(stat -c '%a %U:%G' "$dest") || die "cannot stat $dest"
+    if [ "$meta" != "${mode#0} $owner" ]; then
+      { chmod "$mode" "$dest" && chown "$owner" "$dest"; } || die "cannot set mode $mode and owner $owner on $dest"
+      changed "$dest (mode/owner)"
+    fi
     return 1
   fi
-  install -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$src" "$dest.kiln-new"
-  mv -f "$dest.kiln-new" "$dest"
+  if ! install -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$src" "$dest.kiln-new" \
+     || ! mv -f "$dest.kiln-new" "$dest"; then
+    rm -f "$dest.kiln-new"
+    die "cannot write $dest (mode $mode, owner $owner): the previous file, if any, is unchanged"
+  fi
   changed "$dest"
   return 0
 }
@@ -61,25 +76,36 @@ put() { install_file "$KILN_FILES/$1" "/$1" "${2:-0644}" "${3:-root:root}"; }
 # write_file DEST MODE OWNER:GROUP < content  (same no-rewrite semantics as install_file, content from stdin)
 write_file() {
   local dest=$1 mode=$2 owner=$3 tmp rc=0
-  tmp=$(mktemp)
-  cat >"$tmp"
+  tmp=$(mktemp) || die "cannot create a temporary file for $dest"
+  cat >"$tmp" || { rm -f "$tmp"; die "cannot buffer the content of $dest in $tmp"; }
   install_file "$tmp" "$dest" "$mode" "$owner" || rc=$?
   rm -f "$tmp"
   return "$rc"
 }
 
-ensure_dir() { # ensure_dir PATH MODE OWNER:GROUP
-  local d=$1 mode=$2 owner=$3
-  if [ ! -d "$d" ]; then install -d -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$d"; changed "$d/"; return; fi
-  [ "$(stat -c '%a %U:%G' "$d")" = "${mode#0} $owner" ] || { chmod "$mode" "$d"; chown "$owner" "$d"; changed "$d/ (mode/owner)"; }
+ensure_dir() { # ensure_dir PATH MODE OWNER:GROUP (a change is logged; returns 0 unless it dies)
+  local d=$1 mode=$2 owner=$3 meta
+  if [ ! -d "$d" ]; then
+    install -d -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$d" || die "cannot create directory $d"
+    changed "$d/"; return 0
+  fi
+  meta=$(stat -c '%a %U:%G' "$d") || die "cannot stat $d"
+  [ "$meta" != "${mode#0} $owner" ] || return 0
+  { chmod "$mode" "$d" && chown "$owner" "$d"; } || die "cannot set mode $mode and owner $owner on $d"
+  changed "$d/ (mode/owner)"
 }
 
 ensure_symlink() { # ensure_symlink TARGET LINKNAME
   [ "$(readlink "$2" 2>/dev/null)" = "$1" ] && return 1
-  ln -sfn "$1" "$2"; changed "$2 -> $1"
+  ln -sfn "$1" "$2" || die "cannot link $2 -> $1"
+  changed "$2 -> $1"
 }
 
-remove_path() { if [ -e "$1" ] || [ -L "$1" ]; then rm -rf "$1"; changed "removed $1"; fi; }
+remove_path() { # remove_path PATH (a removal is logged; returns 0 unless it dies)
+  [ -e "$1" ] || [ -L "$1" ] || return 0
+  rm -rf "$1" || die "cannot remove $1"
+  changed "removed $1"
+}
 
 # Every distro package the provisioned server runs with, from the distro profile's PKG_* lists (build-only
 # PKG_BUILD_DEPS excluded). The image build preinstalls exactly these into the base disk, so the steps' apt_install
@@ -106,10 +132,11 @@ apt_install() {
   [ ${#missing[@]} -eq 0 ] && return 0
   log "apt-get install ${missing[*]}"
   if [ ! -f /var/lib/apt/lists/.kiln-updated ] || [ -n "$(find /var/lib/apt/lists/.kiln-updated -mmin +60 2>/dev/null)" ]; then
-    apt-get -q -o DPkg::Lock::Timeout=600 update >/dev/null
-    touch /var/lib/apt/lists/.kiln-updated
+    apt-get -q -o DPkg::Lock::Timeout=600 update >/dev/null || die "apt-get update failed"
+    touch /var/lib/apt/lists/.kiln-updated || die "cannot touch /var/lib/apt/lists/.kiln-updated"
   fi
-  apt-get install "${APT_OPTS[@]}" --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install "${APT_OPTS[@]}" --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
   changed "packages: ${missing[*]}"
 }
 
@@ -117,7 +144,7 @@ apt_install() {
 # running systemd costs seconds under emulation; the symlinks count at boot, and 99-services reloads once.
 svc_enable() {
   systemctl is-enabled -q "$1" 2>/dev/null && return 1
-  systemctl enable --no-reload -q "$1" 2>/dev/null || systemctl enable --no-reload "$1"
+  systemctl enable --no-reload -q "$1" 2>/dev/null || systemctl enable --no-reload "$1" || die "cannot enable $1"
   need_restart daemon-reload
   changed "enabled $1"
 }
@@ -126,7 +153,7 @@ svc_mask() { # stop (if running), disable and mask a unit
   [ "$(systemctl is-enabled "$1" 2>/dev/null)" = masked ] && return 1
   if booted; then systemctl stop "$1" 2>/dev/null || true; fi
   systemctl disable --no-reload -q "$1" 2>/dev/null || true
-  systemctl mask --no-reload -q "$1"
+  systemctl mask --no-reload -q "$1" || die "cannot mask $1"
   need_restart daemon-reload
   changed "masked $1"
 }

@@ -8,24 +8,23 @@ if ! booted; then
   log "no systemd running: sshd, fail2ban, auditd, sysctls and mount options take effect at boot"
   exit 0
 fi
-wants() { grep -qx "$1 $2" "$KILN_CHANGES"; }
 act() { log "$*"; "$@"; }
 
-if wants restart daemon-reexec; then act systemctl daemon-reexec
-elif wants restart daemon-reload; then act systemctl daemon-reload; fi
+if pending restart daemon-reexec; then act systemctl daemon-reexec
+elif pending restart daemon-reload; then act systemctl daemon-reload; fi
 
 # sshd: reload keeps open sessions (a Packer/Vagrant provisioning session survives); the config was validated
 # by 81-ssh.sh with sshd -t. Ubuntu 24.04 uses socket activation: each connection reads the new config anyway.
-if wants reload ssh.service && systemctl is-active -q ssh.service; then act systemctl reload ssh.service; fi
+if pending reload ssh.service && systemctl is-active -q ssh.service; then act systemctl reload ssh.service; fi
 
 in_container=0; systemd-detect-virt -q --container && in_container=1
-if wants restart fail2ban.service || ! systemctl is-active -q fail2ban.service; then
+if pending restart fail2ban.service || ! systemctl is-active -q fail2ban.service; then
   act systemctl restart fail2ban.service
 fi
 if [ "$in_container" -eq 0 ]; then
   # auditd refuses a manual restart (RefuseManualStop): load the rules into the kernel instead.
   if systemctl is-active -q auditd.service; then
-    if wants restart auditd.service; then act augenrules --load; fi
+    if pending restart auditd.service; then act augenrules --load; fi
   else
     act systemctl start auditd.service
   fi

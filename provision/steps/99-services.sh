@@ -6,35 +6,37 @@ set -euo pipefail
 
 if ! booted; then
   log "no systemd running (image build / chroot): services are enabled and start at boot, after kiln-firstboot"
+  rm -f "$KILN_PENDING" || die "cannot clear $KILN_PENDING"
   exit 0
 fi
-wants() { grep -qx "$1 $2" "$KILN_CHANGES"; }
 act() { log "$*"; "$@"; }
 
-if wants restart daemon-reload; then act systemctl daemon-reload; fi
-if wants restart "$DB_SERVICE"; then act systemctl restart "$DB_SERVICE"; fi
+if pending restart daemon-reload; then act systemctl daemon-reload; fi
+if pending restart "$DB_SERVICE"; then act systemctl restart "$DB_SERVICE"; fi
 systemctl is-active -q "$DB_SERVICE" || act systemctl start "$DB_SERVICE"
 # First boot of this instance (Vagrant provisions a running VM; Packer reboots, then the marker matches).
 [ "$(cat /var/lib/kiln/firstboot.done 2>/dev/null || true)" = "$(cat /etc/machine-id)" ] || act systemctl start kiln-firstboot.service kiln-firstboot-db.service
 for name in cache queue; do
   unit=redis-server@$name.service
-  if wants restart "$unit" && systemctl is-active -q "$unit"; then act systemctl restart "$unit"; fi
+  if pending restart "$unit" && systemctl is-active -q "$unit"; then act systemctl restart "$unit"; fi
   systemctl is-active -q "$unit" || act systemctl start "$unit"
 done
 if systemctl is-active -q supervisor.service; then
   # update is a no-op when nothing changed, and it also heals a run that died before reaching this step.
   supervisorctl update >/dev/null
-  if wants restart kiln-web; then act supervisorctl restart kiln-web; fi
+  if pending restart kiln-web; then act supervisorctl restart kiln-web; fi
   # graceful: TERM, then up to stopwaitsecs for a running job to finish
-  if wants restart kiln-worker; then act supervisorctl restart 'kiln-worker:*'; fi
+  if pending restart kiln-worker; then act supervisorctl restart 'kiln-worker:*'; fi
 else
   act systemctl start supervisor.service
 fi
 if systemctl is-active -q nginx.service; then
-  if wants reload nginx; then
+  if pending reload nginx; then
     nginx -t -q || die "nginx -t rejects the configuration: the running nginx keeps the old one"
     act systemctl reload nginx.service
   fi
 else
   act systemctl start nginx.service
 fi
+# Everything pending is applied (set -e: a failed restart stopped this step before here, and stays pending).
+rm -f "$KILN_PENDING" || die "cannot clear $KILN_PENDING"

@@ -211,11 +211,11 @@ FIRSTBOOT_SECS=$READY_SECS
 echo "  first boot (no baked schema: migrates) -> first /readyz 200: ${FIRSTBOOT_SECS}s"
 check "first boot: no schema record yet -> migrate ran, then recorded (/var/lib/kiln/schema.migrated)" bash -c \
   "cx journalctl -b -u kiln-firstboot -u kiln-firstboot-db --no-pager -o cat | grep -q 'running migrations: no record' && cx grep -qx 'RELEASE=$VERSION' /var/lib/kiln/schema.migrated"
-workers_after_web() { # workers_after_web PHASE: every rq worker of this boot waited until kiln-web answered
+workers_after_web() { # workers_after_web PHASE: every rq worker of this boot waited until kiln-web served
   local n line
   for n in 0 1; do
     line=$(cx grep 'kiln-rqworker' "/var/log/kiln/worker-$n.log" | tail -1 || true)
-    check "$1: rq worker $n started after kiln-web answered (${line#"kiln-rqworker $n: "})" grep -q 'kiln-web answered after' <<<"$line"
+    check "$1: rq worker $n started after kiln-web served (${line#"kiln-rqworker $n: "})" grep -q 'kiln-web serves after' <<<"$line"
   done
 }
 workers_after_web "first boot"
@@ -300,6 +300,30 @@ if diff -u "$WORK/snap-1.txt" "$WORK/snap-2.txt" >"$WORK/snap.diff"; then
 else
   bad "state changed by the second run:"; head -40 "$WORK/snap.diff" | sed 's/^/      /'
 fi
+
+# A change whose restart/reload failed stays pending, and the next run applies it, whatever steps it runs: step 60
+# puts back Kiln's site (an operator edited it), the reload in 99 fails on a broken foreign nginx file, then a run
+# of step 10 only (after the file is fixed) must reload nginx.
+say "a failed run leaves its reload pending; the next run applies it"
+run_install() { # run_install LOG [STEP...]
+  local log=$1; shift
+  cx env KILN_VERSION="$VERSION" KILN_COMMIT="$COMMIT" /opt/kiln-src/provision/install.sh "$@" >"$log" 2>&1
+}
+cx sh -c 'echo "# operator edit" >>/etc/nginx/sites-available/kiln; echo "this is not nginx" >/etc/nginx/conf.d/zz-kiln-test.conf'
+if run_install "$WORK/install-pending-1.log" 60; then
+  bad "install.sh 60 succeeded although nginx -t rejects the configuration"
+else
+  check "install.sh 60 failed at the nginx reload (nginx -t) and kept 'reload nginx' pending" bash -c \
+    "grep -q 'nginx -t rejects' '$WORK/install-pending-1.log' && cx grep -qx 'reload nginx' /var/lib/kiln/provision.pending"
+fi
+cx rm -f /etc/nginx/conf.d/zz-kiln-test.conf
+nginx_pid=$(cx systemctl show -p ExecMainPID --value nginx.service)
+run_install "$WORK/install-pending-2.log" 10 || { sed 's/^/  | /' "$WORK/install-pending-2.log"; fatal "install.sh 10 failed"; }
+check "install.sh 10 applied the pending reload (log: 'pending from an earlier run', 'systemctl reload nginx.service')" \
+  bash -c "grep -q 'pending from an earlier run' '$WORK/install-pending-2.log' && grep -q 'systemctl reload nginx.service' '$WORK/install-pending-2.log'"
+check "nothing pending afterwards (/var/lib/kiln/provision.pending gone)" bash -c "! cx test -e /var/lib/kiln/provision.pending"
+check "nginx reloaded, not restarted (pid $nginx_pid), and serving (/readyz 200)" bash -c \
+  "[ \"$(cx systemctl show -p ExecMainPID --value nginx.service)\" = '$nginx_pid' ] && [ '$(http_code https://127.0.0.1/readyz)' = 200 ]"
 
 if [ "${KILN_NSPAWN_QUICK:-0}" != 1 ]; then
   # -------------------------------------------------------------- 4. reboot (Packer: install, reboot, check)

@@ -2,8 +2,9 @@
 # Kiln provisioner: the single entry point used by Packer, the Vagrantfile and the nspawn test tier.
 #   sudo provision/install.sh            # run all steps (idempotent: a second run changes nothing)
 #   sudo provision/install.sh 40 60      # run only steps whose number starts with 40 or 60 (debugging), then the
-#                                        # apply steps 89 and 99, as every run: they restart and reload what this or
-#                                        # an earlier run changed and nothing has applied yet (/var/lib/kiln/provision.pending)
+#                                        # apply steps 89 and 99, as every run: they restart and reload what this
+#                                        # or an earlier run changed and no run has applied yet
+#                                        # (/var/lib/kiln/provision.pending)
 # Expects the app source next to it: $(dirname install.sh)/../app (override: KILN_APP_SRC).
 # Environment (all optional):
 #   KILN_VERSION        release name for /srv/kiln/releases/<version> [default: 0.0.0+<app content hash>]

@@ -12,7 +12,8 @@ DB_SERVICE=mariadb.service
 DB_CONF_DIR=/etc/mysql/mariadb.conf.d
 DB_CLIENT=mariadb
 DB_SOCKET=/run/mysqld/mysqld.sock
-# Drop-ins of files/etc/systemd/system/mariadb.service.d/ this server also gets (besides kiln.conf and kiln-early.conf)
+# Drop-ins of files/etc/systemd/system/mariadb.service.d/ this server also gets (besides kiln.conf and
+# kiln-early.conf)
 DB_UNIT_EXTRA=(kiln-start.conf kiln-tls.conf)
 PKG_REDIS=(redis-server redis-tools)
 PKG_WEB=(nginx supervisor)

@@ -9,7 +9,8 @@ PKG_BASE=(ca-certificates curl openssl tzdata unattended-upgrades openssh-client
           python3 python3-venv procps iproute2)
 PKG_DB_SERVER=(mysql-server mysql-client)
 DB_SERVICE=mysql.service
-# Drop-ins of files/etc/systemd/system/mariadb.service.d/ this server also gets (besides kiln.conf and kiln-early.conf): none for MySQL
+# Drop-ins of files/etc/systemd/system/mariadb.service.d/ this server also gets (besides kiln.conf and
+# kiln-early.conf): none for MySQL
 DB_UNIT_EXTRA=()
 DB_CONF_DIR=/etc/mysql/mysql.conf.d
 DB_CLIENT=mysql

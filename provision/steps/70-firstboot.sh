@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# step: first-boot units (per-instance secrets, TLS, env; then DB user, migrations), the operator commands, SSH host keys at boot,
-# supervisord woken at start (the path to the first served request)
+# step: first-boot units (secrets, TLS, env; then DB user, migrations), the operator commands, SSH host keys at
+# boot, supervisord woken at start, CPU weights at boot (the path to the first served request)
 set -euo pipefail
 # shellcheck source=provision/lib/common.sh
 . "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
@@ -33,16 +33,16 @@ svc_enable kiln-supervisor-kick.service || true
 # finished, so the web's share at run time would change): no unit is starved, each only yields while others need
 # the CPU. Setting a weight turns on the cgroup cpu controller for system.slice: services then share the CPU per
 # service (cgroup), as they did per session (sched autogroup) without it.
-BOOT_CPU_WEIGHT_PATH=1000
-BOOT_CPU_WEIGHT_BESIDE=10
-for spec in cloud-init-main:$BOOT_CPU_WEIGHT_PATH kiln-firstboot:$BOOT_CPU_WEIGHT_PATH \
-            kiln-firstboot-db:$BOOT_CPU_WEIGHT_PATH sshd-keygen:$BOOT_CPU_WEIGHT_BESIDE \
-            unattended-upgrades:$BOOT_CPU_WEIGHT_BESIDE; do
-  unit=${spec%%:*}
-  if write_file "/etc/systemd/system/$unit.service.d/kiln-boot-cpu.conf" 0644 root:root <<EOF2
+boot_cpu_weight() { # boot_cpu_weight WEIGHT UNIT...
+  local weight=$1 unit; shift
+  for unit in "$@"; do
+    if write_file "/etc/systemd/system/$unit.service.d/kiln-boot-cpu.conf" 0644 root:root <<EOF2
 # Kiln (provision/steps/70-firstboot.sh): this unit's share of the CPU while the system boots.
 [Service]
-CPUWeight=${spec#*:}
+CPUWeight=$weight
 EOF2
-  then need_restart daemon-reload; fi
-done
+    then need_restart daemon-reload; fi
+  done
+}
+boot_cpu_weight 1000 cloud-init-main kiln-firstboot kiln-firstboot-db
+boot_cpu_weight 10 sshd-keygen unattended-upgrades

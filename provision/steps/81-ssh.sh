@@ -71,6 +71,6 @@ log "sshd: key-only, PermitRootLogin no, UsePAM yes; effective config verified w
 # vsock device. A VPS is reached over the network only, and the probe loads the vsock modules at every boot, before
 # any unit starts (0.8 s under emulation). A generator linked to /dev/null in /etc is disabled (systemd.generator(7)).
 if [ -e /usr/lib/systemd/system-generators/systemd-ssh-generator ]; then
-  mkdir -p /etc/systemd/system-generators
+  ensure_dir /etc/systemd/system-generators 0755 root:root
   if ensure_symlink /dev/null /etc/systemd/system-generators/systemd-ssh-generator; then need_restart daemon-reload; fi
 fi

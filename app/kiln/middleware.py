@@ -8,6 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django_redis import get_redis_connection
 from django_redis.exceptions import ConnectionInterrupted
 
+from kiln import health
 from kiln.errors import error_response
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,23 @@ def payload_too_large(request: HttpRequest) -> HttpResponse:
         f"Request body too large: the limit is {limit} bytes.",
         max_upload_bytes=limit,
     )
+
+
+class HealthProbeMiddleware:
+    """Serve /healthz and /readyz before CommonMiddleware validates the Host header.
+
+    Load balancers and uptime monitors probe by IP address, which ALLOWED_HOSTS rightly does not list. The probes
+    build nothing from the Host header, so they alone may skip that check; every other path keeps it.
+    """
+
+    PROBES: dict[str, Callable[[HttpRequest], HttpResponse]] = {"/healthz": health.healthz, "/readyz": health.readyz}
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        probe = self.PROBES.get(request.path_info)
+        return probe(request) if probe else self.get_response(request)
 
 
 class ServiceUnavailableMiddleware:

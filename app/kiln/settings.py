@@ -46,6 +46,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Before anything reads the body, so oversized uploads are refused without being buffered.
     "kiln.middleware.UploadLimitMiddleware",
+    # Before CommonMiddleware, whose Host header validation would refuse probes by IP address.
+    "kiln.middleware.HealthProbeMiddleware",
     "kiln.middleware.ServiceUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -4,13 +4,11 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 
-from kiln import health
 from kiln.errors import error_response
 from kiln.middleware import payload_too_large
 
+# /healthz and /readyz: kiln.middleware.HealthProbeMiddleware, before Host header validation.
 urlpatterns = [
-    path("healthz", health.healthz, name="healthz"),
-    path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("", include("records.urls")),
 ]

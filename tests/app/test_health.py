@@ -72,3 +72,16 @@ def test_readyz_and_pages_are_503_not_500_when_database_is_stopped(client, stop_
     assert api.status_code == 503
     assert api.json()["component"] == "database"
     assert client.get("/readyz").status_code == 200
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_probes_answer_any_host_header_other_paths_keep_host_validation(client, settings, path):
+    # Load balancers probe by IP; ALLOWED_HOSTS lists the site's names (the measured case of issue 11).
+    settings.ALLOWED_HOSTS = ["example.com", "localhost", "127.0.0.1"]
+    probe = client.get(path, headers={"Host": "203.0.113.5"})
+    assert probe.status_code == 200, probe.content
+    assert probe.json()["ok"] is True
+    assert client.get("/records/", headers={"Host": "203.0.113.5"}).status_code == 400
+    assert client.get("/api/records/", headers={"Host": "203.0.113.5"}).status_code == 400
+    assert client.get(path + "/", headers={"Host": "203.0.113.5"}).status_code == 400

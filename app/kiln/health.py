@@ -6,6 +6,7 @@ import django_rq
 from django.db import connections
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_safe
 from django_redis import get_redis_connection
 
 
@@ -42,11 +43,13 @@ def _check_queue() -> None:
     django_rq.get_connection("default").ping()
 
 
+@require_safe
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ok": True})
 
 
+@require_safe
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
     checks = {

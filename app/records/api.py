@@ -3,7 +3,7 @@ import json
 from django.db import transaction
 from django.http import HttpRequest, JsonResponse, QueryDict
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_http_methods, require_safe
 
 from records import listcache
 from records.forms import RecordForm, errors_as_dict
@@ -18,7 +18,7 @@ def _page_url(request: HttpRequest, number: int) -> str:
 
 # No session/cookie auth on the API, so CSRF protection has nothing to protect here.
 @csrf_exempt
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def records(request: HttpRequest) -> JsonResponse:
     if request.method == "POST":
         return _create(request)
@@ -56,7 +56,7 @@ def _create(request: HttpRequest) -> JsonResponse:
     return response
 
 
-@require_GET
+@require_safe
 def record_detail(request: HttpRequest, pk: int) -> JsonResponse:
     record = Record.objects.filter(pk=pk).first()
     if record is None:

@@ -13,7 +13,7 @@ from django.core.mail import send_mail
 from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_POST, require_safe
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Retry, get_current_job
@@ -96,7 +96,7 @@ def _status(job: Job) -> str:
     return str(getattr(status, "value", status))
 
 
-@require_GET
+@require_safe
 def export_status(request: HttpRequest, job_id: str) -> JsonResponse:
     queue = django_rq.get_queue(QUEUE)
     try:

@@ -69,3 +69,25 @@ def test_admin_is_enabled_and_lists_records(admin_client):
     response = admin_client.get("/admin/records/record/")
     assert response.status_code == 200
     assert b"in admin" in response.content
+
+
+def head_and_get(client, path):
+    return client.head(path), client.get(path)
+
+
+GET_PATHS = ["/records/", "/records/{pk}/", "/records/new/", "/api/records/", "/api/records/{pk}/"]
+GET_PATHS += ["/healthz", "/readyz"]
+
+
+@pytest.mark.parametrize("path", GET_PATHS)
+def test_head_answers_like_get_without_a_body(client, path):
+    # Uptime monitors probe with HEAD; require_GET answered them 405.
+    record = Record.objects.create(title="probed", body="x")
+    head, get = head_and_get(client, path.format(pk=record.pk))
+    assert get.status_code == 200
+    assert head.status_code == get.status_code, head
+    assert head.content == b""
+    # never_cache's Expires is the time of the response; everything else must match
+    assert {k: v for k, v in head.headers.items() if k != "Expires"} == {
+        k: v for k, v in get.headers.items() if k != "Expires"
+    }

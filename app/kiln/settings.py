@@ -6,6 +6,7 @@ If KILN_ENV_FILE names a file it is read first; real environment variables win o
 import importlib.util
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -29,6 +30,15 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# The site's origin for links in e-mail, which must never come from a request's Host header (the client picks it).
+# Default: the first name in ALLOWED_HOSTS, where the operator configures the domain.
+_named_hosts = [host.lstrip(".") for host in ALLOWED_HOSTS if host.lstrip(".") not in ("", "*")]
+SITE_URL = env.str("SITE_URL", default="") or f"{'http' if DEBUG else 'https'}://{(_named_hosts or ['localhost'])[0]}"
+_site = urlsplit(SITE_URL)
+if _site.scheme not in ("http", "https") or not _site.hostname or _site.path.strip("/") or _site.query + _site.fragment:
+    raise ImproperlyConfigured(f"SITE_URL must be the site's origin, like https://example.com (got {SITE_URL!r}).")
+SITE_URL = f"{_site.scheme}://{_site.netloc}"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -174,6 +184,11 @@ SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+
+# Writes and exports need a Django user (create one with `manage.py createsuperuser`); reads are public.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "records:list"
+LOGOUT_REDIRECT_URL = "records:list"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth.views import LoginView, LogoutView
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
@@ -10,6 +11,9 @@ from kiln.middleware import payload_too_large
 # /healthz and /readyz: kiln.middleware.HealthProbeMiddleware, before Host header validation.
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # Only these two of django.contrib.auth.urls: its password reset would mail links built from the Host header.
+    path("accounts/login/", LoginView.as_view(), name="login"),
+    path("accounts/logout/", LogoutView.as_view(), name="logout"),
     path("", include("records.urls")),
 ]
 

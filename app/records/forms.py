@@ -9,9 +9,5 @@ class RecordForm(forms.ModelForm):
         fields = ["title", "body", "attachment"]
 
 
-class ExportForm(forms.Form):
-    email = forms.EmailField()
-
-
 def errors_as_dict(form: forms.BaseForm) -> dict[str, list[str]]:
     return {field: [e["message"] for e in errs] for field, errs in form.errors.get_json_data().items()}

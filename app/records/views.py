@@ -1,3 +1,4 @@
+from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -21,6 +22,7 @@ def record_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "records/detail.html", {"record": record})
 
 
+@login_required
 @require_http_methods(["GET", "HEAD", "POST"])
 def record_create(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":

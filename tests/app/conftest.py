@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import os
 import shutil
@@ -18,6 +19,9 @@ from kiln_services import Services
 
 APP_DIR = Path(__file__).resolve().parents[2] / "app"
 TEST_SECRET_KEY = "test-secret-key-not-for-production-0123456789-abcdefghijklmnopqrstuvwxyz"
+# Not a name the test client sends as Host: links built from the Host header would show.
+SITE_URL = "https://site.kiln.test"
+USER_PASSWORD = "cone-6-oxidation-1240"
 
 _services: Services | None = None
 _tmp: Path | None = None
@@ -39,6 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
         DEBUG="off",
         SECURE_SSL_REDIRECT="off",  # the test client speaks plain HTTP; the redirect has its own test
         ALLOWED_HOSTS="testserver,localhost,127.0.0.1",
+        SITE_URL=SITE_URL,
         MEDIA_ROOT=str(_tmp / "media"),
         STATIC_ROOT=str(_tmp / "static"),
         MAX_UPLOAD_BYTES="65536",
@@ -83,6 +88,24 @@ def _clear_cache(services: Services):
     # Tests must not see each other's cached list pages.
     services.redis("cache").flushdb()
     yield
+
+
+@pytest.fixture
+def user(django_user_model):
+    """A Django user with an e-mail address: writes and exports need one."""
+    return django_user_model.objects.create_user("potter", "potter@example.com", USER_PASSWORD)
+
+
+@pytest.fixture
+def user_client(client, user):
+    """The test client, logged in as `user` (session auth, as a browser)."""
+    client.force_login(user)
+    return client
+
+
+def basic_auth(username: str, password: str = USER_PASSWORD) -> dict[str, str]:
+    """Headers for HTTP Basic auth, the API's other way in (scripts, curl)."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
 
 
 @contextlib.contextmanager

@@ -12,14 +12,14 @@ def post_json(client, url, payload):
     return client.post(url, data=json.dumps(payload), content_type="application/json")
 
 
-def test_api_creates_record_from_json_and_serves_it(client):
-    response = post_json(client, "/api/records/", {"title": "Glaze", "body": "celadon"})
+def test_api_creates_record_from_json_and_serves_it(user_client):
+    response = post_json(user_client, "/api/records/", {"title": "Glaze", "body": "celadon"})
     assert response.status_code == 201
     created = response.json()
     assert response["Location"] == f"/api/records/{created['id']}/"
     assert created["attachment"] is None
 
-    detail = client.get(response["Location"])
+    detail = user_client.get(response["Location"])
     assert detail.status_code == 200
     assert detail.json()["title"] == "Glaze"
     assert Record.objects.get(pk=created["id"]).body == "celadon"
@@ -38,8 +38,8 @@ def test_api_list_is_paginated_with_links(client, settings):
     assert missing.json()["error"]
 
 
-def test_api_validation_errors_are_400_with_field_messages(client):
-    response = post_json(client, "/api/records/", {"title": "t" * 201})
+def test_api_validation_errors_are_400_with_field_messages(user_client):
+    response = post_json(user_client, "/api/records/", {"title": "t" * 201})
     assert response.status_code == 400
     errors = response.json()["errors"]
     assert set(errors) == {"title", "body"}
@@ -47,8 +47,8 @@ def test_api_validation_errors_are_400_with_field_messages(client):
     assert errors["body"] == ["This field is required."]
 
 
-def test_api_rejects_malformed_json_with_400(client):
-    response = client.post("/api/records/", data="{nope", content_type="application/json")
+def test_api_rejects_malformed_json_with_400(user_client):
+    response = user_client.post("/api/records/", data="{nope", content_type="application/json")
     assert response.status_code == 400
     assert "Invalid JSON" in response.json()["errors"]["__all__"][0]
 
@@ -73,24 +73,24 @@ def test_oversized_api_body_is_413_json(client, settings):
     assert "too large" in body["error"]
 
 
-def test_oversized_upload_is_413_json(client, settings):
+def test_oversized_upload_is_413_json(user_client, settings):
     upload = SimpleUploadedFile("big.bin", b"\0" * (settings.MAX_UPLOAD_BYTES + 10))
-    response = client.post("/api/records/", {"title": "x", "body": "y", "attachment": upload})
+    response = user_client.post("/api/records/", {"title": "x", "body": "y", "attachment": upload})
     assert response.status_code == 413
     assert Record.objects.count() == 0
 
 
-def test_django_request_data_too_big_is_mapped_to_413(client, settings):
+def test_django_request_data_too_big_is_mapped_to_413(user_client, settings):
     # Below the Content-Length limit but above Django's in-memory form data limit.
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
-    response = post_json(client, "/api/records/", {"title": "x", "body": "y" * 2000})
+    response = post_json(user_client, "/api/records/", {"title": "x", "body": "y" * 2000})
     assert response.status_code == 413
     assert "too large" in response.json()["error"]
 
 
-def test_attachment_is_stored_in_s3_and_served_from_cdn_domain(client, services):
+def test_attachment_is_stored_in_s3_and_served_from_cdn_domain(user_client, services):
     upload = SimpleUploadedFile("notes.txt", b"cone 6 oxidation", content_type="text/plain")
-    response = client.post("/api/records/", {"title": "with file", "body": "b", "attachment": upload})
+    response = user_client.post("/api/records/", {"title": "with file", "body": "b", "attachment": upload})
     assert response.status_code == 201, response.content
     url = response.json()["attachment"]
     assert url.startswith(f"https://{services.env['MEDIA_CDN_DOMAIN']}/attachments/")
@@ -101,11 +101,11 @@ def test_attachment_is_stored_in_s3_and_served_from_cdn_domain(client, services)
     assert stored["Body"].read() == b"cone 6 oxidation"
 
 
-def test_attachment_goes_to_local_media_root_without_bucket(client, settings, tmp_path):
+def test_attachment_goes_to_local_media_root_without_bucket(user_client, settings, tmp_path):
     settings.MEDIA_ROOT = str(tmp_path)
     settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"}}
     upload = SimpleUploadedFile("local.txt", b"local bytes")
-    response = client.post("/api/records/", {"title": "local", "body": "b", "attachment": upload})
+    response = user_client.post("/api/records/", {"title": "local", "body": "b", "attachment": upload})
     assert response.status_code == 201
     assert response.json()["attachment"].startswith("/media/attachments/")
     assert (tmp_path / Record.objects.get().attachment.name).read_bytes() == b"local bytes"

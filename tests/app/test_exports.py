@@ -11,28 +11,28 @@ from conftest import run_manage
 from records.models import Record
 
 
-def enqueue(client, email):
-    return client.post("/api/exports/", json.dumps({"email": email}), content_type="application/json")
+def enqueue(client, **payload):
+    return client.post("/api/exports/", json.dumps(payload), content_type="application/json")
 
 
 @pytest.mark.django_db(transaction=True)  # the worker is another process: it must see committed rows
-def test_export_job_runs_in_worker_writes_csv_to_storage_and_mails_link(client, services, mailbox):
+def test_export_job_runs_in_worker_writes_csv_to_storage_and_mails_link(user_client, services, mailbox):
     Record.objects.create(title="bisque", body="first firing")
     Record.objects.create(title="glaze", body='with "quotes", commas')
 
-    response = enqueue(client, "potter@example.com")
+    response = enqueue(user_client)
     assert response.status_code == 202
     job_id = response.json()["job_id"]
     status_url = response.json()["status_url"]
     assert status_url == f"/api/exports/{job_id}/"
-    assert client.get(status_url).json()["status"] == "queued"
+    assert user_client.get(status_url).json()["status"] == "queued"
 
     env = dict(os.environ)
     env["DATABASE_URL"] = services.env["DATABASE_URL"].rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
     worker = run_manage("rqworker", "export", "--burst", env=env)
     assert worker.returncode == 0, worker.stdout + worker.stderr
 
-    status = client.get(status_url).json()
+    status = user_client.get(status_url).json()
     assert status["status"] == "finished", status
     url = status["result_url"]
     assert url.startswith(f"https://{services.env['MEDIA_CDN_DOMAIN']}/exports/")
@@ -47,17 +47,43 @@ def test_export_job_runs_in_worker_writes_csv_to_storage_and_mails_link(client, 
     assert url in mail.get_body().get_content()
 
 
-def test_export_with_invalid_email_is_400(client):
-    response = enqueue(client, "not-an-address")
+@pytest.mark.django_db
+def test_export_goes_to_the_users_own_address_a_supplied_one_is_400(user_client, mailbox):
+    # The server mailed a CSV of every record to any address it was given: an open relay.
+    response = enqueue(user_client, email="victim@example.net")
     assert response.status_code == 400
-    assert "email" in response.json()["errors"]
+    assert list(response.json()["errors"]) == ["email"]
+    assert "your account's e-mail address" in response.json()["errors"]["email"][0]
+    form = user_client.post("/api/exports/", {"email": "victim@example.net"})
+    assert form.status_code == 400 and list(form.json()["errors"]) == ["email"]
 
 
-def test_export_job_is_enqueued_with_timeout_and_retry(client, settings):
+@pytest.mark.django_db
+def test_export_for_a_user_without_an_address_is_400(user_client, user):
+    user.email = ""
+    user.save()
+    response = enqueue(user_client)
+    assert response.status_code == 400
+    assert "no e-mail address" in response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_export_status_is_only_for_the_user_who_asked(user_client, client, django_user_model):
+    job_id = enqueue(user_client).json()["job_id"]
+    assert user_client.get(f"/api/exports/{job_id}/").status_code == 200
+    other = django_user_model.objects.create_user("glazer", "glazer@example.com")
+    client.force_login(other)
+    response = client.get(f"/api/exports/{job_id}/")
+    assert response.status_code == 404
+    assert response.json() == {"error": f"Export job {job_id} not found."}
+
+
+@pytest.mark.django_db
+def test_export_job_is_enqueued_with_timeout_and_retry(user_client, settings):
     import django_rq
     from rq.job import Job
 
-    job_id = enqueue(client, "a@example.com").json()["job_id"]
+    job_id = enqueue(user_client).json()["job_id"]
     job = Job.fetch(job_id, connection=django_rq.get_connection("export"))
     assert job.origin == "export"
     assert job.timeout == settings.EXPORT_JOB_TIMEOUT
@@ -65,7 +91,8 @@ def test_export_job_is_enqueued_with_timeout_and_retry(client, settings):
     job.delete()
 
 
-def test_unknown_export_job_is_404(client):
-    response = client.get("/api/exports/does-not-exist/")
+@pytest.mark.django_db
+def test_unknown_export_job_is_404(user_client):
+    response = user_client.get("/api/exports/does-not-exist/")
     assert response.status_code == 404
     assert "not found" in response.json()["error"]

@@ -6,13 +6,13 @@ from records.models import Record
 pytestmark = pytest.mark.django_db
 
 
-def test_record_created_through_form_redirects_to_its_detail_page(client):
-    response = client.post("/records/new/", {"title": "Kiln log", "body": "First firing at 1240C"})
+def test_record_created_through_form_redirects_to_its_detail_page(user_client):
+    response = user_client.post("/records/new/", {"title": "Kiln log", "body": "First firing at 1240C"})
     record = Record.objects.get(title="Kiln log")
     assert response.status_code == 302
     assert response["Location"] == f"/records/{record.pk}/"
 
-    detail = client.get(response["Location"])
+    detail = user_client.get(response["Location"])
     assert detail.status_code == 200
     assert b"First firing at 1240C" in detail.content
 
@@ -36,14 +36,14 @@ def test_list_page_is_paginated(client, settings):
     assert client.get("/records/?page=3").status_code == 404
 
 
-def test_create_form_renders(client):
-    response = client.get("/records/new/")
+def test_create_form_renders(user_client):
+    response = user_client.get("/records/new/")
     assert response.status_code == 200
     assert b'name="title"' in response.content
 
 
-def test_invalid_form_is_rerendered_with_field_errors_and_400(client):
-    response = client.post("/records/new/", {"title": "", "body": ""})
+def test_invalid_form_is_rerendered_with_field_errors_and_400(user_client):
+    response = user_client.post("/records/new/", {"title": "", "body": ""})
     assert response.status_code == 400
     form = response.context["form"]
     assert set(form.errors) == {"title", "body"}
@@ -76,14 +76,14 @@ def head_and_get(client, path):
 
 
 GET_PATHS = ["/records/", "/records/{pk}/", "/records/new/", "/api/records/", "/api/records/{pk}/"]
-GET_PATHS += ["/healthz", "/readyz"]
+GET_PATHS += ["/healthz", "/readyz", "/accounts/login/"]
 
 
 @pytest.mark.parametrize("path", GET_PATHS)
-def test_head_answers_like_get_without_a_body(client, path):
+def test_head_answers_like_get_without_a_body(user_client, path):
     # Uptime monitors probe with HEAD; require_GET answered them 405.
     record = Record.objects.create(title="probed", body="x")
-    head, get = head_and_get(client, path.format(pk=record.pk))
+    head, get = head_and_get(user_client, path.format(pk=record.pk))
     assert get.status_code == 200
     assert head.status_code == get.status_code, head
     assert head.content == b""

@@ -68,3 +68,32 @@ def test_logs_are_json_lines():
     record.component = "cache"
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "boom x" and line["level"] == "ERROR" and line["component"] == "cache"
+
+
+def site_url(**env: str):
+    return run_manage("shell", "-c", "from django.conf import settings; print(settings.SITE_URL)", env=clean_env(**env))
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SITE_URL": "https://kiln.example.com/"}, "https://kiln.example.com"),
+        ({"SITE_URL": "http://10.0.0.5:8080"}, "http://10.0.0.5:8080"),
+        ({"ALLOWED_HOSTS": ".example.com,10.0.0.5"}, "https://example.com"),
+        ({"ALLOWED_HOSTS": "*"}, "https://localhost"),
+    ],
+)
+def test_site_url_for_mail_links_is_configured_or_derived_from_allowed_hosts(env, expected):
+    result = site_url(**{**PRODUCTION_ENV, **env})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == expected
+
+
+@pytest.mark.parametrize(
+    "bad", ["kiln.example.com", "ftp://kiln.example.com", "https://kiln.example.com/app", "https://"]
+)
+def test_site_url_that_is_no_origin_is_refused_naming_it(bad):
+    result = site_url(**{**PRODUCTION_ENV, "SITE_URL": bad})
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: SITE_URL must be the site's origin" in result.stderr
+    assert repr(bad) in result.stderr

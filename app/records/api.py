@@ -1,11 +1,10 @@
-import json
-
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_safe
 
 from kiln.apiauth import api_login_required
+from kiln.payload import BadPayload, request_data
 from records import listcache
 from records.forms import RecordForm, errors_as_dict
 from records.models import Record
@@ -37,17 +36,10 @@ def records(request: HttpRequest) -> HttpResponse:
 
 @api_login_required
 def _create(request: HttpRequest) -> JsonResponse:
-    if request.content_type == "application/json":
-        try:
-            payload = json.loads(request.body or b"{}")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return JsonResponse({"errors": {"__all__": [f"Invalid JSON: {exc}"]}}, status=400)
-        if not isinstance(payload, dict):
-            return JsonResponse({"errors": {"__all__": ["Expected a JSON object."]}}, status=400)
-        data: QueryDict | dict[str, object] = payload
-        files = None
-    else:
-        data, files = request.POST, request.FILES
+    try:
+        data, files = request_data(request)
+    except BadPayload as exc:
+        return exc.response()
     form = RecordForm(data, files)
     if not form.is_valid():
         return JsonResponse({"errors": errors_as_dict(form)}, status=400)

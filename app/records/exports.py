@@ -3,7 +3,6 @@ own address (never one the request names: that made the server a mail relay for 
 
 import csv
 import io
-import json
 from urllib.parse import urljoin
 
 import django_rq
@@ -22,6 +21,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from kiln.apiauth import api_login_required
+from kiln.payload import BadPayload, request_data
 from records.models import Record
 
 QUEUE = "export"
@@ -64,8 +64,12 @@ def _queue_unavailable(exc: Exception) -> JsonResponse:
 @require_POST
 @api_login_required
 def create_export(request: HttpRequest) -> JsonResponse:
-    data = request.POST if request.content_type != "application/json" else _json(request)
-    supplied = sorted(set(data) - {"csrfmiddlewaretoken"})
+    try:
+        data, files = request_data(request)
+    except BadPayload as exc:
+        return exc.response()
+    # A browser's form post carries its CSRF token as a field.
+    supplied = sorted((set(data) | set(files)) - {"csrfmiddlewaretoken"})
     if supplied:
         message = "Not accepted: an export takes no parameters and goes to your account's e-mail address."
         return JsonResponse({"errors": {field: [message] for field in supplied}}, status=400)
@@ -87,14 +91,6 @@ def create_export(request: HttpRequest) -> JsonResponse:
     response = JsonResponse({"job_id": job.id, "status": _status(job), "status_url": status_url}, status=202)
     response["Location"] = status_url
     return response
-
-
-def _json(request: HttpRequest) -> dict[str, object]:
-    try:
-        data = json.loads(request.body or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _status(job: Job) -> str:

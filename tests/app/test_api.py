@@ -109,3 +109,27 @@ def test_attachment_goes_to_local_media_root_without_bucket(user_client, setting
     assert response.status_code == 201
     assert response.json()["attachment"].startswith("/media/attachments/")
     assert (tmp_path / Record.objects.get().attachment.name).read_bytes() == b"local bytes"
+
+
+@pytest.mark.parametrize("path", ["/api/records/", "/api/exports/"])
+def test_deeply_nested_json_is_400_not_500(user_client, mailbox, path):
+    # json.loads recurses once per level: 5000 brackets (10 KB, far under the upload limit) exhaust the stack.
+    before = len(mailbox.messages)
+    response = user_client.post(path, data="[" * 5000 + "]" * 5000, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert response.json()["errors"]["__all__"] == ["Invalid JSON: nested too deeply."]
+    assert Record.objects.count() == 0 and len(mailbox.messages) == before
+
+
+@pytest.mark.parametrize("depth", [1, 900])
+def test_json_field_that_is_no_plain_value_is_400_naming_it(user_client, depth):
+    # Before: a list was stored as its str() ("['x']" as the title), which recurses as deep as the list: a few levels
+    # more than these 900, still parsed, were a 500 (RecursionError).
+    title = "[" * depth + '"x"' + "]" * depth
+    response = user_client.post(
+        "/api/records/", data=f'{{"title": {title}, "body": "b"}}', content_type="application/json"
+    )
+    assert response.status_code == 400, response.content
+    assert list(response.json()["errors"]) == ["title"]
+    assert "not a JSON array or object" in response.json()["errors"]["title"][0]
+    assert Record.objects.count() == 0

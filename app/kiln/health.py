@@ -40,7 +40,9 @@ def _check_cache() -> None:
 
 
 def _check_queue() -> None:
-    django_rq.get_connection("default").ping()
+    # A write, not a PING: a full queue Redis (noeviction) still answers PING but refuses every enqueue. SET NX of a
+    # key that exists changes nothing (no AOF append per probe), yet a Redis out of memory refuses it like any write.
+    django_rq.get_connection("default").set("kiln:readyz", 1, nx=True)
 
 
 @require_safe

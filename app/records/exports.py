@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Retry, get_current_job
 from rq.exceptions import NoSuchJobError
@@ -55,8 +56,13 @@ def export_records_csv(user_id: int) -> dict[str, str]:
 
 
 def _queue_unavailable(exc: Exception) -> JsonResponse:
+    if isinstance(exc, OutOfMemoryError):
+        # noeviction: the queue keeps its jobs and refuses new ones until workers drain it or memory is raised.
+        reason = "the queue is full (its Redis refuses writes: out of memory); try again later"
+    else:
+        reason = "the queue is not reachable"
     return JsonResponse(
-        {"error": "Service unavailable: the queue is not reachable.", "component": "queue", "detail": str(exc)},
+        {"error": f"Service unavailable: {reason}.", "component": "queue", "detail": str(exc)},
         status=503,
     )
 
@@ -85,7 +91,7 @@ def create_export(request: HttpRequest) -> JsonResponse:
             result_ttl=7 * 24 * 3600,
             failure_ttl=7 * 24 * 3600,
         )
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, OutOfMemoryError) as exc:
         return _queue_unavailable(exc)
     status_url = reverse("records:export-status", args=[job.id])
     response = JsonResponse({"job_id": job.id, "status": _status(job), "status_url": status_url}, status=202)

@@ -84,3 +84,31 @@ def test_probes_answer_any_host_header_other_paths_keep_host_validation(client, 
     assert client.get("/records/", headers={"Host": "203.0.113.5"}).status_code == 400
     assert client.get("/api/records/", headers={"Host": "203.0.113.5"}).status_code == 400
     assert client.get(path + "/", headers={"Host": "203.0.113.5"}).status_code == 400
+
+
+@pytest.fixture
+def full_queue(services):
+    """The queue Redis really refusing writes: its memory limit under its use, with the server's noeviction policy."""
+    queue = services.redis("queue")
+    queue.config_set("maxmemory-policy", "noeviction")
+    queue.config_set("maxmemory", 1)
+    try:
+        yield queue
+    finally:
+        queue.config_set("maxmemory", 0)
+
+
+@pytest.mark.django_db
+def test_full_queue_redis_is_503_for_exports_and_not_ready(user_client, full_queue):
+    export = user_client.post("/api/exports/")
+    assert export.status_code == 503, export.content
+    assert export.json()["component"] == "queue"
+    assert "refuses writes" in export.json()["error"]
+    ready = user_client.get("/readyz")
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["queue"]["ok"] is False and body["queue"]["error"].startswith("OutOfMemoryError")
+    assert body["database"]["ok"] is True and body["cache"]["ok"] is True
+    full_queue.config_set("maxmemory", 0)
+    assert user_client.get("/readyz").status_code == 200
+    assert user_client.post("/api/exports/").status_code == 202

@@ -26,6 +26,13 @@ done
 svc_enable auditd.service || true
 
 svc_enable apparmor.service || true
+# Debian's apparmor ships ~75 profiles flagged "unconfined" for desktop programs (browsers, chat and game clients):
+# they confine nothing, they only let those programs create user namespaces, and none of the programs is on a server.
+# Loading them cost ~2 s of CPU at every boot under emulation, while the first request waited. dpkg keeps a deleted
+# conffile deleted on upgrade. (tests/infra/test_hardening.py: no profile in unconfined mode, the others enforce.)
+for profile in /etc/apparmor.d/*; do
+  if [ -f "$profile" ] && grep -qE '^profile .*flags=\(unconfined\)' "$profile"; then remove_path "$profile"; fi
+done
 svc_enable systemd-timesyncd.service || true
 
 if ! grep -qx 'ENABLED="true"' /etc/default/sysstat; then

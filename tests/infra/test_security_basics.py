@@ -1,5 +1,7 @@
 """Basic exposure checks: SSH auth policy, backends demand credentials, the env file is not world-readable."""
 
+import json
+
 import pytest
 
 from kilnlib import ENV_FILE, env_file, redis_cli, redis_conn, sh
@@ -104,6 +106,16 @@ def test_no_reboot_is_pending(host):
     installed = sh(host, "ls /boot | sed -n 's/^vmlinuz-//p' | sort -V").stdout.split()
     assert installed and installed[-1] == running, f"running {running}, installed {installed}"
     assert not host.file("/run/reboot-required").exists, sh(host, "cat /run/reboot-required*").stdout
+
+
+def test_apparmor_enforces_its_profiles_and_loads_none_that_confine_nothing(host):
+    # 84-services drops the distro's "unconfined" desktop profiles (boot time); the confining ones must stay loaded.
+    status = json.loads(sh(host, "aa-status --json").stdout)
+    modes = status.get("profiles", {})
+    enforced = sorted(name for name, mode in modes.items() if mode == "enforce")
+    unconfined = sorted(name for name, mode in modes.items() if mode == "unconfined")
+    assert "unix-chkpwd" in enforced, f"enforced profiles: {enforced}; all: {modes}"
+    assert not unconfined, f"profiles loaded in unconfined mode: {unconfined}"
 
 
 def test_env_file_is_0640_root_kiln(host):

@@ -97,3 +97,15 @@ def test_site_url_that_is_no_origin_is_refused_naming_it(bad):
     assert result.returncode != 0
     assert "ImproperlyConfigured: SITE_URL must be the site's origin" in result.stderr
     assert repr(bad) in result.stderr
+
+
+def test_esp_without_default_from_email_is_refused_naming_it():
+    # An ESP sends only from a sender verified on its account: noreply@localhost had every mail rejected.
+    esp = {**PRODUCTION_ENV, "ANYMAIL_ESP": "postmark", "ANYMAIL_API_KEY": "server-token"}
+    refused = run_manage("check", env=clean_env(**esp))
+    assert refused.returncode != 0
+    assert "ImproperlyConfigured: DEFAULT_FROM_EMAIL" in refused.stderr
+    code = "from django.conf import settings as s; print(s.EMAIL_BACKEND, s.DEFAULT_FROM_EMAIL)"
+    accepted = run_manage("shell", "-c", code, env=clean_env(**esp, DEFAULT_FROM_EMAIL="shop@example.com"))
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.splitlines()[-1].split() == ["anymail.backends.postmark.EmailBackend", "shop@example.com"]

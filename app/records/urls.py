@@ -12,4 +12,5 @@ urlpatterns = [
     path("api/records/<int:pk>/", api.record_detail, name="api-detail"),
     path("api/exports/", exports.create_export, name="export-create"),
     path("api/exports/<str:job_id>/", exports.export_status, name="export-status"),
+    path("exports/<str:token>/", exports.export_download, name="export-download"),
 ]

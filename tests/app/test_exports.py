@@ -2,7 +2,9 @@ import csv
 import io
 import json
 import os
-from urllib.parse import urlparse
+import time
+import urllib.request
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.db import connection
@@ -15,8 +17,17 @@ def enqueue(client, **payload):
     return client.post("/api/exports/", json.dumps(payload), content_type="application/json")
 
 
+def run_worker(services, **env: str):
+    """One burst of a real rq worker on the export queue, as the server runs it (another process, same settings)."""
+    env = {**os.environ, **env}
+    env["DATABASE_URL"] = services.env["DATABASE_URL"].rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
+    worker = run_manage("rqworker", "export", "--burst", env=env)
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    return worker
+
+
 @pytest.mark.django_db(transaction=True)  # the worker is another process: it must see committed rows
-def test_export_job_runs_in_worker_writes_csv_to_storage_and_mails_link(user_client, services, mailbox):
+def test_export_job_runs_in_worker_and_mails_an_expiring_link_on_the_site_url(user_client, services, mailbox, settings):
     Record.objects.create(title="bisque", body="first firing")
     Record.objects.create(title="glaze", body='with "quotes", commas')
 
@@ -27,24 +38,28 @@ def test_export_job_runs_in_worker_writes_csv_to_storage_and_mails_link(user_cli
     assert status_url == f"/api/exports/{job_id}/"
     assert user_client.get(status_url).json()["status"] == "queued"
 
-    env = dict(os.environ)
-    env["DATABASE_URL"] = services.env["DATABASE_URL"].rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
-    worker = run_manage("rqworker", "export", "--burst", env=env)
-    assert worker.returncode == 0, worker.stdout + worker.stderr
+    run_worker(services)
 
     status = user_client.get(status_url).json()
     assert status["status"] == "finished", status
     url = status["result_url"]
-    assert url.startswith(f"https://{services.env['MEDIA_CDN_DOMAIN']}/exports/")
-
-    key = urlparse(url).path.lstrip("/")
-    body = services.s3().get_object(Bucket=services.env["AWS_STORAGE_BUCKET_NAME"], Key=key)["Body"].read()
-    rows = list(csv.DictReader(io.StringIO(body.decode())))
-    assert [r["title"] for r in rows] == ["bisque", "glaze"]
-    assert rows[1]["body"] == 'with "quotes", commas'
-
+    # SITE_URL, not the Host header of the request that asked (the test client's "testserver")
+    assert url.startswith(f"{settings.SITE_URL}/exports/")
     (mail,) = mailbox.to("potter@example.com")
     assert url in mail.get_body().get_content()
+
+    # The link is the app's; with media on S3 it hands out a presigned URL that expires with it.
+    download = user_client.get(urlsplit(url).path)
+    assert download.status_code == 302
+    presigned = urlsplit(download["Location"])
+    assert f"{presigned.scheme}://{presigned.netloc}" == services.env["AWS_S3_ENDPOINT_URL"]
+    query = parse_qs(presigned.query)
+    assert "X-Amz-Signature" in query
+    assert 0 < int(query["X-Amz-Expires"][0]) <= settings.EXPORT_LINK_MAX_AGE
+    with urllib.request.urlopen(download["Location"], timeout=10) as answer:
+        rows = list(csv.DictReader(io.StringIO(answer.read().decode())))
+    assert [r["title"] for r in rows] == ["bisque", "glaze"]
+    assert rows[1]["body"] == 'with "quotes", commas'
 
 
 @pytest.mark.django_db
@@ -153,3 +168,47 @@ def test_export_memory_does_not_grow_with_the_table(user, settings, tmp_path):
     assert large_size > 16_000_000 and large_size > 3.9 * small_size
     assert large_peak < 1.5 * small_peak, f"peak {small_peak} -> {large_peak} bytes for {small_size} -> {large_size}"
     assert large_peak < large_size / 4
+
+
+def local_exports(settings, tmp_path) -> None:
+    local = {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"allow_overwrite": True}}
+    settings.STORAGES = {**settings.STORAGES, "exports": local}
+    settings.MEDIA_ROOT = str(tmp_path)
+
+
+@pytest.mark.django_db
+def test_local_export_link_serves_the_file_and_does_not_reveal_its_media_path(client, user, settings, tmp_path):
+    # nginx serves local media under /media/ without asking the app: a file name readable from the link (a signed
+    # payload is readable) would outlive the link's expiry.
+    from django.core import signing
+
+    from records.exports import export_records_csv
+
+    local_exports(settings, tmp_path)
+    Record.objects.create(title="local", body="x")
+    result = export_records_csv(user.pk)
+    assert (tmp_path / result["name"]).is_file() and result["name"].startswith("exports/")
+    token = urlsplit(result["url"]).path.split("/")[-2]
+    payload = json.dumps(signing.loads(token, salt="records.exports.link"))
+    secret = result["name"].rsplit("-", 1)[-1].removesuffix(".csv")
+    assert len(secret) >= 32 and secret not in result["url"] and secret not in payload
+    response = client.get(urlsplit(result["url"]).path)
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == 'attachment; filename="records.csv"'
+    assert b"".join(response.streaming_content).decode().splitlines()[1].split(",")[1] == "local"
+
+
+@pytest.mark.django_db
+def test_export_link_expires_and_a_forged_one_is_refused(client, user, settings, tmp_path):
+    from records.exports import export_records_csv
+
+    local_exports(settings, tmp_path)
+    settings.EXPORT_LINK_MAX_AGE = 1
+    path = urlsplit(export_records_csv(user.pk)["url"]).path
+    assert client.get(path).status_code == 200
+    time.sleep(1.1)
+    expired = client.get(path)
+    assert expired.status_code == 410
+    assert b"expired" in expired.content
+    forged = path[:-3] + ("A" if path[-3] != "A" else "B") + path[-2:]
+    assert client.get(forged).status_code == 404

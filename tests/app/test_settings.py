@@ -109,3 +109,11 @@ def test_esp_without_default_from_email_is_refused_naming_it():
     accepted = run_manage("shell", "-c", code, env=clean_env(**esp, DEFAULT_FROM_EMAIL="shop@example.com"))
     assert accepted.returncode == 0, accepted.stderr
     assert accepted.stdout.splitlines()[-1].split() == ["anymail.backends.postmark.EmailBackend", "shop@example.com"]
+
+
+@pytest.mark.parametrize("bad", ["0", "604801", "a day"])
+def test_export_link_lifetime_out_of_range_is_refused_naming_it(bad):
+    # 7 days at most: the longest an S3 presigned URL (SigV4) lives.
+    result = run_manage("check", env=clean_env(**PRODUCTION_ENV, EXPORT_LINK_MAX_AGE=bad))
+    assert result.returncode != 0
+    assert f"ImproperlyConfigured: EXPORT_LINK_MAX_AGE={bad!r}" in result.stderr

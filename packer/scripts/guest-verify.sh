@@ -37,6 +37,8 @@ while :; do
     echo "    units active: ${CHECK_UNITS:-(none)}"
     echo "    programs RUNNING: ${CHECK_PROGRAMS:-(none)}"
     echo "    GET /readyz -> 200 $(head -c 400 /tmp/readyz.json 2>/dev/null)"
+    # The build log shows how full the image is (lib/common.sh's disk check: a warning, never a failure).
+    bash -c '. /usr/local/lib/kiln/lib/common.sh && disk_check'
     echo "<== verify: OK after $(( timeout - (deadline - $(date +%s)) ))s"
     exit 0
   fi

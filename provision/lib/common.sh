@@ -158,5 +158,28 @@ svc_mask() { # stop (if running), disable and mask a unit
   changed "masked $1"
 }
 
+# Disk use at which disk_check warns, in percent of a file system's blocks.
+KILN_DISK_WARN_PCT=80
+# disk_check [PATH...]: the use of each file system holding a PATH (default / and /srv, each file system once), one
+# line each; a warning (stderr) for each at KILN_DISK_WARN_PCT or above. It never fails: a full disk is news for the
+# operator, not a reason to stop what called it. The one disk check of Kiln: packer/scripts/guest-verify.sh (the
+# image build's verify), kiln-retention (daily, into the journal) and whatever reports the server's state call it.
+# shellcheck disable=SC2120  # the paths are optional
+disk_check() {
+  local paths=("$@") fs size avail pct target seen=" "
+  [ ${#paths[@]} -gt 0 ] || paths=(/ /srv)
+  while read -r fs size _ avail pct target; do
+    [[ $seen == *" $target "* ]] && continue
+    seen+="$target "
+    pct=${pct%\%}
+    if [ "$pct" -ge "$KILN_DISK_WARN_PCT" ]; then
+      warn "disk $target ($fs): ${pct}% used, ${avail} free of ${size}: at or above ${KILN_DISK_WARN_PCT}%"
+    else
+      log "disk $target ($fs): ${pct}% used, ${avail} free of ${size}"
+    fi
+  done < <(df -P -h "${paths[@]}" | tail -n +2)
+  return 0
+}
+
 # Random secrets: hex only, so they are safe inside URLs and config files without quoting.
 gen_secret() { openssl rand -hex "${1:-24}"; }

@@ -21,6 +21,7 @@ PKG_FIREWALL=(ufw)
 PKG_SSH=(openssh-server)
 PKG_SERVICES=(fail2ban python3-systemd apparmor auditd systemd-timesyncd sysstat debsums)
 PKG_ACCOUNTS=(libpam-passwdqc libpam-tmpdir)
+PKG_LOGS=(logrotate)
 # Build-time only (purged after the wheels are built) vs. the runtime library the compiled mysqlclient links to.
 PKG_BUILD_DEPS=(build-essential default-libmysqlclient-dev pkg-config python3-dev)
 PKG_APP_RUNTIME=(libmariadb3)

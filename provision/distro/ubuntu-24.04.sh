@@ -21,6 +21,7 @@ PKG_FIREWALL=(ufw)
 PKG_SSH=(openssh-server)
 PKG_SERVICES=(fail2ban python3-systemd apparmor auditd systemd-timesyncd sysstat debsums)
 PKG_ACCOUNTS=(libpam-passwdqc libpam-tmpdir)
+PKG_LOGS=(logrotate)
 PKG_BUILD_DEPS=(build-essential default-libmysqlclient-dev pkg-config python3-dev)
 PKG_APP_RUNTIME=(libmysqlclient21)
 # nginx 1.24 has no `http2 on;` (added in 1.25.1); `listen ... http2` would need a different listen line: skip HTTP/2.

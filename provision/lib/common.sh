@@ -112,7 +112,7 @@ remove_path() { # remove_path PATH (a removal is logged; returns 0 unless it die
 # calls in the emulated guest find them present; a stock box or a plain server installs them step by step.
 stack_packages() {
   printf '%s\n' "${PKG_BASE[@]}" "${PKG_DB_SERVER[@]}" "${PKG_REDIS[@]}" "${PKG_WEB[@]}" "${PKG_APP_RUNTIME[@]}" \
-    "${PKG_FIREWALL[@]}" "${PKG_SSH[@]}" "${PKG_SERVICES[@]}" "${PKG_ACCOUNTS[@]}" | LC_ALL=C sort -u
+    "${PKG_FIREWALL[@]}" "${PKG_SSH[@]}" "${PKG_SERVICES[@]}" "${PKG_ACCOUNTS[@]}" "${PKG_LOGS[@]}" | LC_ALL=C sort -u
 }
 
 # Units that the base disk's stack packages enabled, held back by packer/scripts/build-base-disk.sh so the build VM

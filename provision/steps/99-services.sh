@@ -12,6 +12,8 @@ fi
 act() { log "$*"; "$@"; }
 
 if pending restart daemon-reload; then act systemctl daemon-reload; fi
+# journald reads its configuration only when it starts (its streams survive the restart: they are in its fd store).
+if pending restart systemd-journald.service; then act systemctl restart systemd-journald.service; fi
 if pending restart "$DB_SERVICE"; then act systemctl restart "$DB_SERVICE"; fi
 systemctl is-active -q "$DB_SERVICE" || act systemctl start "$DB_SERVICE"
 # First boot of this instance (Vagrant provisions a running VM; Packer reboots, then the marker matches).
@@ -38,5 +40,7 @@ if systemctl is-active -q nginx.service; then
 else
   act systemctl start nginx.service
 fi
+# An enabled timer starts with timers.target at boot; on a running system, now.
+systemctl is-active -q kiln-retention.timer || act systemctl start kiln-retention.timer
 # Everything pending is applied (set -e: a failed restart stopped this step before here, and stays pending).
 rm -f "$KILN_PENDING" || die "cannot clear $KILN_PENDING"

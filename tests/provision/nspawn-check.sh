@@ -284,6 +284,55 @@ check "app down -> nginx's own 502 page" bash -c "[ \$(curl -sk -o $WORK/502.htm
 cx supervisorctl start kiln-web >/dev/null
 wait_for 30 "app back after start" readyz_200
 
+say "logs, journal, retention (tests/infra/test_logs.py: the same on the VM)"
+lr_rc=0
+cx logrotate --debug /etc/logrotate.conf >"$WORK/logrotate-debug.txt" 2>&1 || lr_rc=$?
+if [ "$lr_rc" -eq 0 ] && ! grep -q '^error:' "$WORK/logrotate-debug.txt"; then
+  ok "logrotate --debug /etc/logrotate.conf parses with no error"
+else
+  bad "logrotate --debug /etc/logrotate.conf: rc=$lr_rc"; grep -m 10 -e '^error:' -e 'No such file' "$WORK/logrotate-debug.txt" | sed 's/^/      /'
+fi
+cx find /var/log -type f >"$WORK/var-log-files.txt"
+if python3 "$REPO/tests/infra/logcover.py" "$WORK/var-log-files.txt" "$WORK/logrotate-debug.txt" \
+     "$ROOT/etc/supervisor/supervisord.conf" "$ROOT"/etc/supervisor/conf.d/*.conf >"$WORK/logcover.txt"; then
+  ok "every file under /var/log is rotated by something (tests/infra/logcover.py):"
+else
+  bad "files under /var/log that nothing rotates (NOT ROTATED below; tests/infra/logcover.py):"
+fi
+sed 's/^/    /' "$WORK/logcover.txt"
+check "logs outside logrotate bound themselves: auditd rotates its own, sysstat's sa2 (sysstat-summary.timer) is enabled" \
+  cx bash -c "grep -qiE '^max_log_file_action *= *ROTATE' /etc/audit/auditd.conf && [ \"\$(systemctl is-enabled sysstat-summary.timer)\" = enabled ]"
+cap=$(sed -n 's/^SystemMaxUse=//p' "$REPO/provision/files/etc/systemd/journald.conf.d/90-kiln.conf")
+effective=$(cx systemd-analyze cat-config systemd/journald.conf | awk '/^# \// {f = $2} /^SystemMaxUse=/ {v = $0; vf = f} END {print vf, v}' || true)
+check "journald.conf.d/90-kiln.conf in effect (systemd-analyze cat-config: ${effective:-no SystemMaxUse})" \
+  test "$effective" = "/etc/systemd/journald.conf.d/90-kiln.conf SystemMaxUse=$cap"
+# journald's "Disk space used by the journal" message of this boot: MAX_USE= is the limit it applies, in bytes.
+max_use=$(cx journalctl -b -o export MESSAGE_ID=ec387f577b844b8fa948f33cad9a75e6 'JOURNAL_NAME=System Journal' \
+  | sed -n 's/^MAX_USE=//p' | tail -n 1 || true)
+check "journald applies it to the system journal: MAX_USE=${max_use:-none} = $cap" test "${max_use:-}" = "$(numfmt --from=iec "$cap")"
+for t in logrotate.timer kiln-retention.timer; do
+  check "$t enabled and active" test "$(cx systemctl is-enabled "$t" 2>&1 || true) $(cx systemctl is-active "$t" 2>&1 || true)" = "enabled active"
+done
+# Planted: an export from 1970 and a fresh one, an upload from 1970 (not an export: kept), and as many releases from
+# 1970 as the service keeps (with the current one, the oldest of them is one too many).
+media=$(cx sed -n 's/^MEDIA_ROOT=//p' /etc/kiln/kiln.env)
+kept=$(cx systemctl show -p Environment --value kiln-retention.service | tr ' ' '\n' | sed -n 's/^KILN_RELEASES_KEPT=//p')
+cx runuser -u kiln -- sh -c "set -e; mkdir -p '$media/exports' '$media/attachments/1970/01'
+  echo old >'$media/exports/nspawn-old.csv'; touch -d @0 '$media/exports/nspawn-old.csv'
+  echo fresh >'$media/exports/nspawn-fresh.csv'
+  echo upload >'$media/attachments/1970/01/nspawn-old.bin'; touch -d @0 '$media/attachments/1970/01/nspawn-old.bin'"
+for i in $(seq "${kept:-0}"); do
+  cx sh -c "mkdir /srv/kiln/releases/nspawn-old-$i && touch /srv/kiln/releases/nspawn-old-$i/.kiln-release /srv/kiln/releases/nspawn-old-$i -d @$i"
+done
+if cx systemctl start kiln-retention.service; then ok "kiln-retention.service ran"; else bad "kiln-retention.service failed"; fi
+cx journalctl -b -u kiln-retention.service --no-pager -o cat | sed 's/^/    | /'
+check "retention: the export from 1970 deleted, the fresh export and the upload from 1970 kept" cx bash -c \
+  "[ ! -e '$media/exports/nspawn-old.csv' ] && [ -e '$media/exports/nspawn-fresh.csv' ] && [ -e '$media/attachments/1970/01/nspawn-old.bin' ]"
+check "retention: releases beyond the newest ${kept:-?} pruned (nspawn-old-1 gone; current and the rest kept)" cx bash -c \
+  "[ -n '$kept' ] && [ ! -e /srv/kiln/releases/nspawn-old-1 ] && [ -d /srv/kiln/releases/nspawn-old-$kept ] && [ -d /srv/kiln/current/ ] && [ \$(ls /srv/kiln/releases | wc -l) -eq $kept ]"
+check "retention: reported the disk use of / (lib/common.sh disk_check)" bash -c \
+  "cx journalctl -b -u kiln-retention.service --no-pager -o cat | grep -q 'disk / ('"
+
 # ---------------------------------------------------------------- 3. idempotency
 say "second install.sh run (booted) must change nothing"
 sleep 2

@@ -43,7 +43,7 @@ test-app: deps ## App tests against real MariaDB, Redis, S3 (moto) and SMTP serv
 	$(call stage,app tests,$(VENV)/bin/pytest tests/app)
 
 .PHONY: test-tools
-test-tools: deps ## Kiln's test tooling without a guest: the background audit's hold, bound, stop; QMP; Lynis shim; provision helpers on read-only and full file systems
+test-tools: deps ## Kiln's test tooling without a guest: the background audit's hold, bound, stop; QMP; Lynis shim; provision helpers on read-only and full file systems; log coverage; disk check
 	$(call stage,tool tests,tools/apt-ensure.sh qemu-system-x86 lynis && $(VENV)/bin/pytest tests/tools)
 
 .PHONY: image

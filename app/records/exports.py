@@ -4,12 +4,15 @@ on SITE_URL that works for EXPORT_LINK_MAX_AGE seconds."""
 
 import csv
 import io
+import logging
 import math
+import smtplib
 import tempfile
 import time
 from collections.abc import Iterator
 
 import django_rq
+from anymail.exceptions import AnymailError, AnymailRecipientsRefused
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core import signing
@@ -33,6 +36,8 @@ from kiln.errors import error_response
 from kiln.payload import BadPayload, request_data
 from records.models import Record
 
+logger = logging.getLogger(__name__)
+
 QUEUE = "export"
 RETRY_INTERVALS = [10, 60, 300]
 FIELDS = ["id", "title", "body", "attachment", "created", "updated"]
@@ -41,6 +46,10 @@ CHUNK = 100
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP, CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 LINK_SALT = "records.exports.link"
+
+
+class ExportMailError(Exception):
+    """The mail provider did not take the export's mail (refused its sender, recipient or message, or unreachable)."""
 
 
 def export_records_csv(user_id: int) -> dict[str, str]:
@@ -61,13 +70,39 @@ def export_records_csv(user_id: int) -> dict[str, str]:
         name = storage.save(export_name(job_id), File(raw))
     url = export_link(job_id)
     hours = round(settings.EXPORT_LINK_MAX_AGE / 3600, 1)
-    send_mail(
-        subject="Your Kiln records export is ready",
-        message=f"Your CSV export of all records is ready (the link works for {hours:g} hours):\n\n{url}\n",
-        from_email=None,
-        recipient_list=[user.email],
-    )
+    try:
+        send_mail(
+            subject="Your Kiln records export is ready",
+            message=f"Your CSV export of all records is ready (the link works for {hours:g} hours):\n\n{url}\n",
+            from_email=None,
+            recipient_list=[user.email],
+        )
+    except (OSError, AnymailError) as exc:  # smtplib's errors and a refused connection are OSErrors
+        permanent = _refused_for_good(exc)
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line: the job status shows the last one
+        logger.error(
+            "Export mail not taken by the mail provider",
+            extra={"job_id": job_id, "user_id": user_id, "permanent": permanent, "error": detail},
+        )
+        if permanent and job is not None:
+            # rq would retry three times over six minutes only to be refused the same way: the job fails now.
+            job.retries_left = 0
+        raise ExportMailError(
+            f"the mail provider did not take the mail from {settings.DEFAULT_FROM_EMAIL!r}: {detail}"
+        ) from exc
     return {"name": name, "url": url}
+
+
+def _refused_for_good(exc: Exception) -> bool:
+    """A refusal that a retry gets again: an SMTP 5xx reply, or an ESP's 4xx answer but 408 and 429."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return all(code >= 500 for code, _reply in exc.recipients.values())
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code >= 500
+    if isinstance(exc, AnymailRecipientsRefused):
+        return True
+    status = exc.status_code if isinstance(exc, AnymailError) else None
+    return status is not None and 400 <= status < 500 and status not in (408, 429)
 
 
 def export_name(job_id: str) -> str:
@@ -196,6 +231,7 @@ def export_status(request: HttpRequest, job_id: str) -> HttpResponse:
         result = job.return_value() or {}
         body["result_url"] = result.get("url")
     elif status == "failed":
-        lines = (job.exc_info or "").strip().splitlines()
+        failure = job.latest_result()
+        lines = ((failure.exc_string if failure else None) or "").strip().splitlines()
         body["error"] = lines[-1] if lines else "failed"
     return JsonResponse(body)

@@ -80,6 +80,16 @@ class Process:
 class Mailbox:
     messages: list[email.message.EmailMessage] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The reply to MAIL FROM for these senders, as a provider refuses an unverified sender (5xx) or defers (4xx).
+    refuse_senders: dict[str, str] = field(default_factory=dict)
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options) -> str:  # aiosmtpd's hook name
+        refusal = self.refuse_senders.get(address)
+        if refusal:
+            return refusal
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope) -> str:  # aiosmtpd's hook name
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)

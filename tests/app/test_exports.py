@@ -212,3 +212,70 @@ def test_export_link_expires_and_a_forged_one_is_refused(client, user, settings,
     assert b"expired" in expired.content
     forged = path[:-3] + ("A" if path[-3] != "A" else "B") + path[-2:]
     assert client.get(forged).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("reply", "status"),
+    [
+        ("553 5.7.1 Sender address rejected: not owned by this account", "failed"),  # for good: no retries
+        ("451 4.7.1 Sender address deferred: try again later", "scheduled"),  # for now: rq retries later
+    ],
+)
+@pytest.mark.django_db(transaction=True)
+def test_mail_provider_refusing_the_sender_fails_the_job_with_a_named_logged_error(
+    user_client, services, mailbox, reply, status
+):
+    sender = "unverified@kiln.test"
+    mailbox.refuse_senders[sender] = reply
+    try:
+        job_id = enqueue(user_client).json()["job_id"]
+        worker = run_worker(services, DEFAULT_FROM_EMAIL=sender)
+    finally:
+        mailbox.refuse_senders.clear()
+    state = user_client.get(f"/api/exports/{job_id}/").json()
+    assert state["status"] == status, state
+    if status == "failed":
+        assert state["error"].startswith("records.exports.ExportMailError: ")
+        assert sender in state["error"] and reply.split()[0] in state["error"]
+    logged = [json.loads(line) for line in worker.stdout.splitlines() if "Export mail" in line]
+    assert [(entry["level"], entry["permanent"]) for entry in logged] == [("ERROR", status == "failed")], worker.stdout
+    assert user_client.get("/readyz").status_code == 200  # the web never sent the mail: nothing of it broke
+
+
+@pytest.fixture
+def postmark_refusing_the_sender(settings):
+    """A local HTTP server answering Postmark's send API as Postmark does for a sender it has not verified."""
+    import http.server
+    import threading
+
+    class Postmark(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"ErrorCode": 400, "Message": "The 'From' address is not a Sender Signature."}).encode()
+            self.send_response(422)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Postmark)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "test", "POSTMARK_API_URL": f"http://127.0.0.1:{server.server_port}/"}
+    yield
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.django_db
+def test_esp_refusing_the_sender_is_a_named_logged_error(user, postmark_refusing_the_sender, caplog):
+    from records.exports import ExportMailError, export_records_csv
+
+    with pytest.raises(ExportMailError, match="422") as refused:
+        export_records_csv(user.pk)
+    assert "\n" not in str(refused.value)  # one line: the job status shows the last line of the traceback
+    (entry,) = [r for r in caplog.records if r.getMessage().startswith("Export mail")]
+    assert entry.levelname == "ERROR" and entry.permanent is True

@@ -183,6 +183,7 @@ STORAGES = {
 # --- E-mail ---
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 ANYMAIL_ESP = env.str("ANYMAIL_ESP", default="").strip().lower()
+ANYMAIL_API_KEY = env.str("ANYMAIL_API_KEY", default="")
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="")
 if ANYMAIL_ESP and not DEFAULT_FROM_EMAIL:
     # The fallback below is no address an ESP has verified: it would refuse every mail, at send time, in the worker.
@@ -192,7 +193,6 @@ if ANYMAIL_ESP and not DEFAULT_FROM_EMAIL:
     )
 DEFAULT_FROM_EMAIL = DEFAULT_FROM_EMAIL or "Kiln <noreply@localhost>"
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
-ANYMAIL_API_KEY = env.str("ANYMAIL_API_KEY", default="")
 if ANYMAIL_ESP and ANYMAIL_API_KEY:
     if importlib.util.find_spec(f"anymail.backends.{ANYMAIL_ESP}") is None:
         raise ImproperlyConfigured(f"ANYMAIL_ESP={ANYMAIL_ESP!r} is not an ESP known to django-anymail")

@@ -108,3 +108,11 @@ def test_basic_auth_write_needs_no_csrf_token(user):
         "/api/records/", RECORD, content_type="application/json", headers=basic_auth(user.username)
     )
     assert response.status_code == 201, response.content
+
+
+def test_logout_from_the_pages_nav(user_client):
+    page = user_client.get("/records/").content.decode()
+    assert 'action="/accounts/logout/"' in page and "potter" in page
+    response = user_client.post("/accounts/logout/")
+    assert response.status_code == 302 and response["Location"] == "/records/"
+    assert user_client.get("/records/new/").status_code == 302  # logged out: back to the login page

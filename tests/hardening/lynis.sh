@@ -103,7 +103,7 @@ case $TARGET in
     if ! env_desc=$(rsh 'uname -r; systemd-detect-virt || true' | paste -sd' ') || [ -z "$env_desc" ]; then
       echo "lynis: cannot reach $dest over ssh (LYNIS_SSH_OPTS: ${LYNIS_SSH_OPTS:-none})" >&2; exit 2
     fi
-    env_desc="ssh $dest: $env_desc"
+    env_desc="ssh $dest: $env_desc"; tier=vm
     if ! rsh 'test -x /usr/sbin/lynis'; then
       ti=$(date +%s)
       if [ "${LYNIS_INSTALL:-host}" = host ] && install_from_host; then
@@ -127,7 +127,7 @@ case $TARGET in
     [ -x "$TARGET/usr/sbin/lynis" ] || { echo "lynis: $TARGET has no /usr/sbin/lynis (install lynis into the rootfs)" >&2; exit 2; }
     [ "$(id -u)" -eq 0 ] || { echo "lynis: booting a rootfs needs root" >&2; exit 2; }
     nspawn_boot "$TARGET" "kiln-lynis-$$"
-    env_desc="systemd-nspawn container (host kernel $(uname -r)) of $TARGET"
+    env_desc="systemd-nspawn container (host kernel $(uname -r)) of $TARGET"; tier=container
     nspawn_exec sh -c "cat >$FASTLOG" <"$HERE/lynis-fastlog.bash"
     [ "$(nspawn_exec sh -s <<<"$PROFILE_SCRIPT")" = profile ] && LYNIS_ARGS+=(--profile "$LYNIS_PROFILE")
     nspawn_exec "${LYNIS_CMD[@]}" "${LYNIS_ARGS[@]}" >"$WORK/lynis.out" 2>&1 || true
@@ -139,9 +139,9 @@ esac
 [ -s "$WORK/lynis-report.dat" ] || { echo "lynis: no report produced" >&2; tail -20 "$WORK/lynis.out" >&2; exit 2; }
 echo "lynis: audit took $(( $(date +%s) - t0 ))s in: $env_desc"
 
-python3 - "$WORK/lynis-report.dat" "$WORK/lynis.log" "$WAIVERS" "$THRESHOLD" <<'PY'
+python3 - "$WORK/lynis-report.dat" "$WORK/lynis.log" "$WAIVERS" "$THRESHOLD" "$tier" <<'PY'
 import re, sys
-report, log, waivers_path, threshold = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+report, log, waivers_path, threshold, tier = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 rep = {}
 lists = {"warning[]": [], "suggestion[]": []}
 for line in open(report, errors="replace"):
@@ -164,18 +164,25 @@ for line in open(log, errors="replace"):
         skips[last][1] = m.group(1); last = None
 for t in filter(None, rep.get("tests_skipped", "").split("|")):
     skips.setdefault(t, ["?", "?"])
-# waivers: "KIND:ID reason" or "ID reason" (= skip); "@os" waives skips whose reason is another OS
+# waivers: "TIER KIND:ID reason" or "TIER ID reason" (= skip); "@os" waives skips whose reason is another OS. Only
+# the waivers of this audit's tier (vm: a booted VM over ssh; container: the nspawn tier) and of "all" apply.
+TIERS = ("all", "vm", "container")
 waived = {}
 for n, line in enumerate(open(waivers_path), 1):
     line = line.strip()
     if not line or line.startswith("#"):
         continue
-    key, _, reason = line.partition(" ")
+    tag, _, rest = line.partition(" ")
+    if tag not in TIERS:
+        sys.exit(f"lynis: {waivers_path}:{n}: a waiver starts with its tier ({', '.join(TIERS)}), not '{tag}'")
+    key, _, reason = rest.strip().partition(" ")
     if not reason.strip():
         sys.exit(f"lynis: {waivers_path}:{n}: waiver '{key}' has no reason")
     if ":" not in key:
         key = "skip:" + key
-    waived[key] = reason.strip()
+    if tag in ("all", tier):
+        waived[key] = reason.strip()
+used = set()
 
 idx = int(rep.get("hardening_index", "0"))
 fails = 0
@@ -185,6 +192,7 @@ print(f"\nWarnings ({len(lists['warning[]'])}):")
 for w in lists["warning[]"]:
     tid, text = (w.split("|") + [""])[:2]
     r = waived.get("warning:" + tid)
+    used.add("warning:" + tid)
     print(f"  {'waived ' if r else 'OPEN   '} {tid}: {text}" + (f"  -- {r}" if r else ""))
     fails += 0 if r else 1
 print(f"\nSuggestions ({len(lists['suggestion[]'])}; informational, accepted ones carry a reason):")
@@ -198,6 +206,7 @@ unwaived = []
 os_skips = 0
 for t, (desc, why) in sorted(skips.items()):
     if ("skip:" + t) in waived:
+        used.add("skip:" + t)
         continue
     if "skip:@os" in waived and (why.startswith("Incorrect guest OS") or why.startswith("Test only applies to")):
         os_skips += 1; continue
@@ -207,6 +216,10 @@ print(f"\nSkipped tests: {len(skips)} ({os_skips} for other operating systems, w
 for t, desc, why in unwaived:
     print(f"  NOT WAIVED {t} ({desc}): {why}")
 fails += len(unwaived)
+# Waivers of this tier that waived nothing in this audit: kept honest by a look (informational; audits vary).
+idle = sorted(k for k in waived if k.split(":")[0] in ("skip", "warning") and k not in used and k != "skip:@os")
+if idle:
+    print(f"\nWaivers for the {tier} tier that waived nothing this time ({len(idle)}): {' '.join(idle)}")
 if idx < threshold:
     print(f"\nFAIL: hardening index {idx} < {threshold}"); fails += 1
 print(f"\nlynis: {'PASS' if fails == 0 else 'FAIL'}: index {idx}, {fails} finding(s) "

@@ -7,15 +7,18 @@ testinfra reaches (the Vagrant VM, a droplet, a container), not only through for
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import os
 import re
+import secrets
 import shlex
 import subprocess
 import time
 import xml.parsers.expat
 import xmlrpc.client
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -313,6 +316,14 @@ def redis_info(host, which: str, section: str) -> dict[str, str]:
     return info
 
 
+# The app's commands run as on the server: as the kiln user, with the instance's settings and nothing of the caller's
+# environment. Followed by more VAR=value words and the command.
+AS_APP = (
+    f"runuser -u kiln -- env -i PATH=/usr/bin:/bin HOME=/srv/kiln LANG=C.UTF-8 KILN_ENV_FILE={ENV_FILE} "
+    f"PYTHONPATH={APP_DIR}"
+)
+
+
 def app_python(host, code: str, timeout: int = 120, ok=(0,)):
     """Run Python with Django set up, as the kiln user in the release venv. Returns the last JSON line printed."""
     prelude = (
@@ -324,15 +335,55 @@ def app_python(host, code: str, timeout: int = 120, ok=(0,)):
     b64 = base64.b64encode((prelude + code).encode()).decode()
     cmd = (
         f"cd {APP_DIR} && echo {b64} | base64 -d > /tmp/kiln-py.$$ && chmod 0644 /tmp/kiln-py.$$ && "
-        f"runuser -u kiln -- env -i PATH=/usr/bin:/bin HOME=/srv/kiln LANG=C.UTF-8 KILN_ENV_FILE={ENV_FILE} "
-        f"PYTHONPATH={APP_DIR} "
-        f"timeout {timeout} {VENV_PY} /tmp/kiln-py.$$; rc=$?; rm -f /tmp/kiln-py.$$; exit $rc"
+        f"{AS_APP} timeout {timeout} {VENV_PY} /tmp/kiln-py.$$; rc=$?; rm -f /tmp/kiln-py.$$; exit $rc"
     )
     res = sh(host, cmd, ok=ok)
     for line in reversed(res.stdout.strip().splitlines()):
         if line.startswith("{") or line.startswith("["):
             return json.loads(line)
     return None
+
+
+@dataclass(frozen=True)
+class AppUser:
+    """A Django user of the app on the target: writes and exports need one (reads are public)."""
+
+    username: str
+    password: str
+
+
+@contextlib.contextmanager
+def app_user(host, timeout: int = 120) -> Iterator[AppUser]:
+    """A new Django superuser on the target for the with-block, made as an operator makes one (`manage.py
+    createsuperuser --noinput`, as the app's user with the instance's settings) and deleted afterwards: the suites
+    also run against real servers."""
+    user = AppUser(f"kiln-infra-{secrets.token_hex(4)}", secrets.token_urlsafe(18))
+    sh(
+        host,
+        f"cd {APP_DIR} && {AS_APP} DJANGO_SUPERUSER_PASSWORD={shlex.quote(user.password)} timeout {timeout} "
+        f"{VENV_PY} manage.py createsuperuser --noinput --username {user.username} --email {user.username}@example.com",
+    )
+    try:
+        yield user
+    finally:
+        app_python(
+            host,
+            "from django.contrib.auth import get_user_model\n"
+            f"get_user_model().objects.filter(username={user.username!r}).delete()\n",
+        )
+
+
+def http_as(host, user: AppUser, path: str, headers: dict[str, str] | None = None, **kw) -> Response:
+    """http() as `user`, with HTTP Basic credentials (the API's way in for scripts)."""
+    token = base64.b64encode(f"{user.username}:{user.password}".encode()).decode()
+    return http(host, path, headers={**(headers or {}), "Authorization": f"Basic {token}"}, **kw)
+
+
+def post_record(host, user: AppUser | None, title: str, body: str = "x") -> Response:
+    """POST a new record to the API as `user` (anonymously when None)."""
+    data = shlex.quote(json.dumps({"title": title, "body": body}))
+    kw = {"method": "POST", "headers": {"Content-Type": "application/json"}, "data_cmd": f"printf '%s' {data}"}
+    return http(host, "/api/records/", **kw) if user is None else http_as(host, user, "/api/records/", **kw)
 
 
 def boot_id(host) -> str:

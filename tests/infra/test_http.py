@@ -4,9 +4,28 @@ import json
 
 import pytest
 
-from kilnlib import WEB_LOG, all_running, http, out, supervisor_text, tail, wait_for, wait_http_ok, worker_names
+from kilnlib import (
+    WEB_LOG,
+    all_running,
+    app_user,
+    http,
+    out,
+    post_record,
+    supervisor_text,
+    tail,
+    wait_for,
+    wait_http_ok,
+    worker_names,
+)
 
 STATIC = "/static/admin/css/base.css"  # shipped by django.contrib.admin, collected by collectstatic
+
+
+@pytest.fixture(scope="module")
+def user(host):
+    """Writes need a Django user of the app."""
+    with app_user(host) as user:
+        yield user
 
 
 @pytest.fixture
@@ -74,14 +93,13 @@ def test_body_over_the_upload_limit_is_rejected_with_413(host):
     assert r.status == 413, r
 
 
-def test_body_under_the_limit_reaches_the_app(host):
-    r = http(
-        host,
-        "/api/records/",
-        method="POST",
-        headers={"Content-Type": "application/json"},
-        data_cmd='printf \'%s\' \'{"title": "infra http", "body": "x"}\'',
-    )
+def test_anonymous_write_is_refused_with_401(host):
+    r = post_record(host, None, "anonymous")
+    assert r.status == 401 and "Authentication required" in r.body, r
+
+
+def test_body_under_the_limit_reaches_the_app(host, user):
+    r = post_record(host, user, "infra http")
     assert r.status == 201, r
 
 

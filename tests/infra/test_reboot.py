@@ -13,8 +13,10 @@ from kilnlib import (
     SERVICES,
     SOCKET,
     all_running,
+    app_user,
     boot_id,
     http,
+    post_record,
     supervisor_text,
     unit_evidence,
     wait_for,
@@ -36,13 +38,8 @@ def _reachable_boot_id(host):
 @pytest.fixture(scope="module")
 def rebooted(host, kiln_vm):
     title = f"before-reboot-{uuid.uuid4().hex[:8]}"
-    r = http(
-        host,
-        "/api/records/",
-        method="POST",
-        headers={"Content-Type": "application/json"},
-        data_cmd=f"printf '%s' '{json.dumps({'title': title, 'body': 'written before the reboot'})}'",
-    )
+    with app_user(host) as user:
+        r = post_record(host, user, title, "written before the reboot")
     assert r.status == 201, f"could not create the record before rebooting:\n{r}"
     record = json.loads(r.body)
     old = boot_id(host)

@@ -268,14 +268,23 @@ check "/static/ served by nginx with cache headers" bash -c \
   "curl -sk -D - -o /dev/null https://127.0.0.1/static/admin/css/base.css | tr -d '\r' | grep -qi '^cache-control: max-age='"
 check "gzip on for CSS" bash -c "curl -sk -H 'Accept-Encoding: gzip' -D - -o /dev/null https://127.0.0.1/static/admin/css/base.css | grep -qi '^content-encoding: gzip'"
 check "upload over 10m -> 413 from nginx" test "$(head -c 11000000 /dev/zero | curl -sk -o /dev/null -w '%{http_code}' -X POST --data-binary @- https://127.0.0.1/api/records/)" = 413
-job=$(curl -sk --max-time 10 -X POST -H 'Content-Type: application/json' -d '{"email": "ops@example.com"}' https://127.0.0.1/api/exports/ || true)
+check "anonymous POST /api/records/ -> 401 (writes need a user)" test "$(curl -sk -o /dev/null -w '%{http_code}' \
+  -X POST -H 'Content-Type: application/json' -d '{"title": "anonymous", "body": "x"}' https://127.0.0.1/api/records/)" = 401
+# A user for the writes below, made as an operator makes one: manage.py as the app's user with the instance's settings.
+API_USER=nspawn-check API_PASS=$(openssl rand -hex 16)
+check "manage.py createsuperuser $API_USER (as kiln, KILN_ENV_FILE=/etc/kiln/kiln.env)" cx runuser -u kiln -- env -i \
+  PATH=/usr/bin:/bin HOME=/srv/kiln LANG=C.UTF-8 KILN_ENV_FILE=/etc/kiln/kiln.env DJANGO_SUPERUSER_PASSWORD="$API_PASS" \
+  /srv/kiln/current/venv/bin/python /srv/kiln/current/app/manage.py createsuperuser --noinput --username "$API_USER" \
+  --email ops@example.com
+job=$(curl -sk --max-time 30 -u "$API_USER:$API_PASS" -X POST -d '' https://127.0.0.1/api/exports/ || true)
 job_id=$(sed -n 's/.*"job_id": *"\([^"]*\)".*/\1/p' <<<"$job")
 if [ -n "$job_id" ]; then
   wait_for 60 "rq worker finishes an export job ($job_id)" bash -c \
-    "curl -sk https://127.0.0.1/api/exports/$job_id/ | grep -q '\"status\": \"finished\"'"
-  url=$(curl -sk "https://127.0.0.1/api/exports/$job_id/" | sed -n 's/.*"result_url": *"\([^"]*\)".*/\1/p')
+    "curl -sk -u '$API_USER:$API_PASS' https://127.0.0.1/api/exports/$job_id/ | grep -q '\"status\": \"finished\"'"
+  url=$(curl -sk -u "$API_USER:$API_PASS" "https://127.0.0.1/api/exports/$job_id/" | sed -n 's/.*"result_url": *"\([^"]*\)".*/\1/p')
   url=/${url#http*://*/}
-  check "export CSV served by nginx from /media/ ($url)" test "$(http_code "https://127.0.0.1$url")" = 200
+  check "export CSV downloaded through its expiring link ($url)" bash -c \
+    "curl -sk --max-time 10 'https://127.0.0.1$url' | head -1 | grep -q '^id,title,body,'"
 else
   bad "POST /api/exports/ returned no job id: ${job:0:200}"
 fi
@@ -390,7 +399,8 @@ if [ "${KILN_NSPAWN_QUICK:-0}" != 1 ]; then
   say "provision/cleanup.sh (as before a snapshot), then boot = a new instance"
   old_secret=$(cx grep '^SECRET_KEY=' /etc/kiln/kiln.env)
   check "a record written by this instance (must not reach the next one)" test "$(curl -sk -o /dev/null -w '%{http_code}' \
-    -X POST -H 'Content-Type: application/json' -d '{"title": "nspawn-instance-1", "body": "x"}' https://127.0.0.1/api/records/)" = 201
+    -u "$API_USER:$API_PASS" -X POST -H 'Content-Type: application/json' -d '{"title": "nspawn-instance-1", "body": "x"}' \
+    https://127.0.0.1/api/records/)" = 201
   old_hostkey=$(cx ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | awk '{print $2}' || true)
   cx env KILN_CLEANUP_CONFIRM=yes /opt/kiln-src/provision/cleanup.sh >"$WORK/cleanup.log" 2>&1 \
     || { sed 's/^/  | /' "$WORK/cleanup.log"; fatal "cleanup.sh failed"; }

@@ -28,7 +28,7 @@ def api_login_required(view: View) -> View:
         return _refusal(request) or view(request, *args, **kwargs)
 
     # The middleware's CSRF check would refuse an anonymous or Basic-auth client before it learns what is missing;
-    # _refusal applies the same check to session users, the only ones whose credentials a browser sends unasked.
+    # _refusal applies it to session users, whose cookie a browser sends unasked.
     return csrf_exempt(wrapper)
 
 
@@ -36,6 +36,11 @@ def _refusal(request: HttpRequest) -> HttpResponse | None:
     """None when the request may go on (request.user is then a user); else the 401/403 response saying why."""
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "basic":
+        # A browser that cached Basic credentials (after a 401 prompt) sends them unasked too, even for another
+        # site's form: what it marks as coming from elsewhere writes nothing. Scripts send no Sec-Fetch-Site.
+        if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+            message = "HTTP Basic credentials are not accepted from another site's page."
+            return JsonResponse({"error": message}, status=403)
         user = _basic_user(request, credentials.strip())
         if user is None:
             return _unauthorized("Invalid HTTP Basic credentials: unknown user, wrong password or inactive account.")

@@ -116,3 +116,13 @@ def test_logout_from_the_pages_nav(user_client):
     response = user_client.post("/accounts/logout/")
     assert response.status_code == 302 and response["Location"] == "/records/"
     assert user_client.get("/records/new/").status_code == 302  # logged out: back to the login page
+
+
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_basic_auth_from_another_sites_page_is_refused(client, user, site):
+    # A browser that cached Basic credentials after a 401 prompt sends them unasked, even for another site's form.
+    headers = {**basic_auth(user.username), "Sec-Fetch-Site": site}
+    response = client.post("/api/records/", RECORD, content_type="application/json", headers=headers)
+    assert response.status_code == 403
+    assert "another site" in response.json()["error"]
+    assert Record.objects.count() == 0

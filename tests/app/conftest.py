@@ -90,10 +90,18 @@ def _clear_cache(services: Services):
     yield
 
 
+@pytest.fixture(scope="session")
+def password_hash() -> str:
+    """USER_PASSWORD hashed as in production (PBKDF2, ~0.2 s): once per session, not once per test."""
+    from django.contrib.auth.hashers import make_password
+
+    return make_password(USER_PASSWORD)
+
+
 @pytest.fixture
-def user(django_user_model):
+def user(django_user_model, password_hash):
     """A Django user with an e-mail address: writes and exports need one."""
-    return django_user_model.objects.create_user("potter", "potter@example.com", USER_PASSWORD)
+    return django_user_model.objects.create(username="potter", email="potter@example.com", password=password_hash)
 
 
 @pytest.fixture

@@ -53,6 +53,7 @@ image: ## Build the VPS qcow2 + Vagrant box + manifest into build/$(DISTRO)/ (in
 .PHONY: image-check
 image-check: ## Image hygiene (DigitalOcean rules, stricter), then boot the qcow2 twice with QEMU + NoCloud
 	$(call stage,image hygiene,tests/image/hygiene-check.sh)
+	$(call stage,metadata check,tests/image/metadata-check.sh)
 	$(call stage,boot check,tests/image/boot-check.sh)
 
 .PHONY: test-provision

@@ -124,9 +124,19 @@ echo localhost >"$r/etc/hostname"
 : >"$r/etc/machine-id"; rm -f "$r/var/lib/dbus/machine-id"
 ln -sf ../run/systemd/resolve/stub-resolv.conf "$r/etc/resolv.conf"
 mkdir -p "$r/etc/cloud/cloud.cfg.d"
+# The datasources of the providers the README names. At every boot cloud-init's generator runs ds-identify, which
+# keeps only the ones it detects, without network (Debian's policy: search, found=all, maybe=none, notfound=disabled):
+# a config drive or seed disk by its label (ConfigDrive: DigitalOcean, OpenStack with a config drive, Proxmox
+# configdrive2; NoCloud: Proxmox's cloud-init drive), the HTTP-metadata clouds by DMI (Hetzner, Vultr, Scaleway: the
+# system vendor; OpenStack, e.g. OVH Public Cloud: the product name "OpenStack Nova"/"OpenStack Compute"; Ec2: AWS's
+# product UUID, strict_id). A disk comes first: where a provider offers both, it needs no network. None of the
+# others is probed on a machine it does not match (ds-identify writes only the found ones to /run/cloud-init/
+# cloud.cfg); on a machine that matches none, cloud-init stays off. DigitalOcean's own datasource is deprecated
+# (23.2) for ConfigDrive. tests/image/metadata-check.sh boots the image as a Hetzner server and runs ds-identify
+# on each provider's values.
 cat >"$r/etc/cloud/cloud.cfg.d/90-kiln-base.cfg" <<'EOF'
-# Kiln base disk. NoCloud comes after ConfigDrive (cloud providers such as DigitalOcean use ConfigDrive).
-datasource_list: [ ConfigDrive, NoCloud, None ]
+# Kiln base disk: the providers' datasources; ds-identify (cloud-init's generator) keeps those it detects.
+datasource_list: [ ConfigDrive, NoCloud, Hetzner, Vultr, Scaleway, OpenStack, Ec2, None ]
 manage_etc_hosts: true
 system_info:
   network:

@@ -8,7 +8,8 @@
 #      keys (fingerprints) and /etc/machine-id
 # The serial console is watched: a kernel panic is reported as such and that boot is retried once; a boot whose
 # console stops growing before systemd runs (e.g. stuck at "Loading Linux ...") fails after KERNEL_STALL seconds
-# ("no kernel progress after N s: stuck at <last line>") instead of waiting until BOOT_TIMEOUT.
+# ("no kernel progress after N s: stuck at <last line>") instead of waiting until BOOT_TIMEOUT. The boot and that
+# watch are tests/image/vm-boot.sh, shared with tests/image/metadata-check.sh.
 # Each instance prints what lies on the path to its first /readyz 200: `systemd-analyze critical-chain` of the
 # units on it, `systemd-analyze` (total) and the top of `blame`, and how kiln-firstboot handled the migrations (the
 # image's baked schema must make it skip them).
@@ -23,41 +24,22 @@
 #      things runs, and whose Lynis test collects the audit; the audit's end stops the VM (DIR/on-done).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-DISTRO=${DISTRO:-debian-13}
-newest=$(find "$repo/build/$DISTRO" -maxdepth 1 -name "kiln-$DISTRO-*.qcow2" -printf '%T@ %p\n' 2>/dev/null \
-  | sort -n | tail -1 | cut -d' ' -f2-)
-IMAGE=${1:-${IMAGE:-$newest}}
-if [ -z "$IMAGE" ] || [ ! -r "$IMAGE" ]; then
-  echo "boot-check: no image (build one: make image, or set IMAGE=)" >&2; exit 1
-fi
-IMAGE=$(readlink -f "$IMAGE")
-BOOT_TIMEOUT=${BOOT_TIMEOUT:-900}
-KERNEL_STALL=${KERNEL_STALL:-60}
+# vm_image, boot_vm, boot_retry, stop_vm, free_port
+# shellcheck source=tests/image/vm-boot.sh
+. "$repo/tests/image/vm-boot.sh"
+vm_image boot-check "$@"
 "$repo/tools/apt-ensure.sh" qemu-system-x86 qemu-utils genisoimage openssh-client curl python3
 ACCEL=$("$repo/packer/scripts/kvm-probe.sh")
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/kiln-boot-check.XXXXXX")
-vmpid=""
 handed_off=""
-stop_vm() {
-  if [ -n "$vmpid" ] && kill -0 "$vmpid" 2>/dev/null; then
-    kill "$vmpid" 2>/dev/null || true
-    for _ in $(seq 1 20); do kill -0 "$vmpid" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$vmpid" 2>/dev/null || true
-  fi
-  if [ -n "$vmpid" ]; then wait "$vmpid" 2>/dev/null || true; fi
-  vmpid=""
-}
 cleanup() {
   local rc=$?
   [ -n "$handed_off" ] || stop_vm
   if [ -n "$handed_off" ]; then
     rm -f "$work/a.qcow2" # instance b's files stay until its audit ends (DIR/on-done)
-  elif [ $rc -ne 0 ] || [ -n "${KEEP_LOGS:-}" ]; then
-    echo "boot-check: logs kept in $work" >&2
-    rm -f "$work"/*.qcow2
   else
-    rm -rf "$work"
+    vm_work_done boot-check $rc
   fi
   exit $rc
 }
@@ -66,7 +48,6 @@ trap 'exit 130' INT TERM
 
 say() { printf '[boot-check %s] %s\n' "$(date -u +%T)" "$*"; }
 fail() { printf '[boot-check] FAIL: %s\n' "$*" >&2; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 ssh-keygen -q -t ed25519 -N '' -C kiln-boot-check -f "$work/key"
 SSH_OPTS=(-i "$work/key" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
@@ -89,67 +70,9 @@ EOF
   genisoimage -quiet -output "$work/$n-seed.iso" -volid cidata -joliet -rock "$d/user-data" "$d/meta-data"
 }
 
-# boot NAME: start a VM from a fresh overlay, wait for /readyz 200. Sets P22 P80 P443 BOOT_SECS. Returns 2 on panic.
-boot() {
-  local n=$1 serial="$work/$1-serial.log" t0 code
-  qemu-img create -q -f qcow2 -F qcow2 -b "$IMAGE" "$work/$n.qcow2"
-  make_seed "$n"
-  P22=$(free_port); P80=$(free_port); P443=$(free_port)
-  : >"$serial"
-  t0=$(date +%s.%N)
-  # setsid: a session, so a scheduler autogroup, of its own: beside the Vagrant VM (libvirtd's autogroup) b gets an
-  # equal share of the CPU, not a share of whatever else runs in this session
-  setsid qemu-system-x86_64 -accel "$ACCEL" -cpu max -smp "${SMP:-2}" -m "${MEM:-2048}" -display none -nodefaults \
-    -serial "file:$serial" -no-reboot -qmp "unix:$work/$n-qmp.sock,server=on,wait=off" \
-    -drive "file=$work/$n.qcow2,if=virtio,format=qcow2,discard=unmap" \
-    -drive "file=$work/$n-seed.iso,media=cdrom,if=ide,readonly=on" \
-    -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$P22-:22,hostfwd=tcp:127.0.0.1:$P80-:80,hostfwd=tcp:127.0.0.1:$P443-:443" \
-    -device virtio-net-pci,netdev=n0 >"$work/$n-qemu.log" 2>&1 &
-  vmpid=$!
-  say "$n: booting $(basename "$IMAGE") (accel $ACCEL, pid $vmpid, ssh :$P22, http :$P80, https :$P443)"
-  local last="" now size=0 grown_at=0 userspace="" stuck
-  while :; do
-    if grep -aqE 'Kernel panic|Oops: ' "$serial"; then
-      say "$n: KERNEL PANIC on the serial console:"
-      grep -aE -A3 'Kernel panic|Oops: ' "$serial" | head -12 | sed 's/^/    /'
-      stop_vm; return 2
-    fi
-    kill -0 "$vmpid" 2>/dev/null || { tail -20 "$serial"; cat "$work/$n-qemu.log"; fail "$n: QEMU exited"; }
-    now=$(python3 -c "print(int(__import__('time').time() - $t0))")
-    # Kernel progress: until systemd runs, the console must keep growing (GRUB, then the kernel's messages).
-    if [ -z "$userspace" ]; then
-      if grep -aqE 'systemd\[1\]|Welcome to |Reached target|login:' "$serial"; then
-        userspace=$now; say "$n: ${now}s: systemd runs (serial console)"
-      elif [ "$(stat -c %s "$serial")" != "$size" ]; then
-        size=$(stat -c %s "$serial"); grown_at=$now
-      elif [ $(( now - grown_at )) -ge "$KERNEL_STALL" ]; then
-        stuck=$(tr -d '\r' <"$serial" | grep -av '^[[:space:]]*$' | tail -1 | cut -c1-160 || true)
-        stop_vm
-        fail "$n: no kernel progress after ${now}s: stuck at ${stuck:-<no console output at all>} (no new console output for ${KERNEL_STALL}s; a half-working KVM? ACCEL=tcg forces emulation)"
-      fi
-    fi
-    code=$(curl -s -o "$work/$n-readyz.json" -w '%{http_code}' -m 5 "http://127.0.0.1:$P80/readyz" || true)
-    if [ "$code" = 200 ]; then
-      BOOT_SECS=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
-      say "$n: boot -> first GET /readyz 200 in ${BOOT_SECS}s: $(head -c 300 "$work/$n-readyz.json")"
-      return 0
-    fi
-    [ "$now" -lt "$BOOT_TIMEOUT" ] || { tail -30 "$serial"; fail "$n: no /readyz 200 within ${BOOT_TIMEOUT}s (last: ${code:-none})"; }
-    if [ "$code" != "$last" ]; then say "$n: ${now}s: /readyz -> ${code/000/no answer}"; last=$code; fi
-    sleep 2
-  done
-}
-
-boot_retry() { # boot once, retry once after a kernel panic
-  local rc=0
-  boot "$1" || rc=$?
-  if [ $rc -eq 2 ]; then
-    say "$1: retrying the boot once after the kernel panic"
-    mv "$work/$1-serial.log" "$work/$1-serial.panic.log"
-    rm -f "$work/$1.qcow2"
-    rc=0; boot "$1" || rc=$?
-    [ $rc -eq 0 ] || fail "$1: kernel panic twice"
-  fi
+boot() { # boot NAME: a VM with a NoCloud seed of its own, until /readyz 200 (vm-boot.sh)
+  make_seed "$1"
+  boot_vm "$1" "" "" -drive "file=$work/$1-seed.iso,media=cdrom,if=ide,readonly=on"
 }
 
 vssh() { ssh "${SSH_OPTS[@]}" -p "$P22" kilncheck@127.0.0.1 "$@"; }
@@ -218,8 +141,8 @@ profile() { # profile NAME: what lay on the path to the first /readyz 200, and h
 
 say "image $IMAGE ($(du -h "$IMAGE" | cut -f1)), accelerator $ACCEL"
 start=$(date +%s)
-boot_retry a; A_SECS=$BOOT_SECS; inspect a; stop_vm # a throw-away overlay: no need to wait for a clean poweroff
-boot_retry b; B_SECS=$BOOT_SECS; inspect b
+boot_retry a boot; A_SECS=$BOOT_SECS; inspect a; stop_vm # a throw-away overlay: no need to wait for a clean poweroff
+boot_retry b boot; B_SECS=$BOOT_SECS; inspect b
 
 same=()
 for k in machine-id secret-key-sha256 db-password-sha256 env-secret-key-sha256; do

@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Metadata check: the built VPS image on a cloud whose metadata comes over HTTP. It boots the qcow2 as a Hetzner Cloud
+# server would start: SMBIOS says Hetzner (system-manufacturer Hetzner, product vServer, serial = the instance id:
+# what ds-identify and cloud-init's Hetzner datasource look at), no seed disk, and Hetzner's metadata API
+# (tests/image/metadata_server.py: instance-id, hostname, public-keys, network-config, user-data) answers at
+# 169.254.169.254:80 through QEMU's user network (guestfwd). Then, over SSH with the key the metadata served:
+#   - the key logs in as `debian` (cloud-init's default user on Debian, sudo without password); root only has
+#     cloud-init's "log in as debian" stub (and sshd refuses root anyway);
+#   - the hostname is the served one, and the served network config was rendered (NIC with the served MAC renamed
+#     eth0, 10-cloud-init-eth0.network);
+#   - the user-data's write_files landed (/etc/kiln/overrides.env, 0600) before the first boot read it (kiln.env);
+#   - cloud-init is done without errors, datasource Hetzner; kiln-firstboot and kiln-firstboot-db are active;
+#   - /readyz answered 200 through the forwarded port (the boot wait, tests/image/vm-boot.sh);
+#   - ds-identify (the image's own, with the image's datasource_list) picks the datasource of every provider the
+#     README names, given the DMI values and disk labels it looks at (faked for it in a scratch directory), and
+#     disables cloud-init on a machine that is none of them.
+# Fails early, without waiting for BOOT_TIMEOUT, when the guest reaches its login prompt or ends cloud-init's local
+# stage without having asked for the metadata (the datasource is not enabled or not detected). On failure it prints
+# the serial console's tail, the metadata server's request log and, if SSH works, `cloud-init status --long` and
+# ds-identify's log.
+# Network: the user network is restricted (restrict=on): the guest reaches nothing but the forwarded metadata address
+# and the host reaches it only through the loopback ports forwarded to 22/80/443. libslirp only forwards a guest
+# address inside the virtual network, so that network is 169.254.169.0/24 (guest 169.254.169.15 by DHCP, which is
+# also what cloud-init's ephemeral DHCP in the local stage gets).
+# `make image-check` runs it before the boot check, whose second instance may stay up for a background Lynis audit
+# (KILN_LYNIS_BG): one emulated guest at a time.
+# Usage: tests/image/metadata-check.sh [IMAGE.qcow2]
+# Env: DISTRO [debian-13]; IMAGE [newest build/<distro>/kiln-<distro>-*.qcow2]; ACCEL kvm|tcg [probe];
+#      BOOT_TIMEOUT [900] seconds until /readyz 200; KERNEL_STALL [60]; SMP [2]; MEM [2048]; KEEP_LOGS=1 keeps the
+#      work dir.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+# vm_image, boot_vm, boot_retry, stop_vm, free_port
+# shellcheck source=tests/image/vm-boot.sh
+. "$repo/tests/image/vm-boot.sh"
+vm_image metadata-check "$@"
+"$repo/tools/apt-ensure.sh" qemu-system-x86 qemu-utils openssh-client curl python3
+ACCEL=$("$repo/packer/scripts/kvm-probe.sh")
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/kiln-metadata-check.XXXXXX")
+md=$work/metadata
+cleanup() {
+  local rc=$?
+  stop_vm
+  vm_work_done metadata-check $rc
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '[metadata-check %s] %s\n' "$(date -u +%T)" "$*"; }
+fail() {
+  printf '[metadata-check] FAIL: %s\n' "$*" >&2
+  if [ -s "$work/c-serial.log" ]; then
+    echo "--- serial console (last 40 lines)" >&2
+    tr -d '\r' <"$work/c-serial.log" | sed -E 's/\x1b(\[[0-9;?!]*[A-Za-z]|\][0-9;]*)//g' | tail -40 >&2 # no terminal escapes
+  fi
+  echo "--- metadata server's request log" >&2
+  if [ -s "$md/requests.log" ]; then cat "$md/requests.log" >&2; else echo "(no request)" >&2; fi
+  if [ -n "$vmpid" ] && timeout 60 ssh "${SSH_OPTS[@]}" -p "$P22" debian@127.0.0.1 true 2>/dev/null; then
+    echo "--- cloud-init status --long; ds-identify's log" >&2
+    timeout 60 ssh "${SSH_OPTS[@]}" -p "$P22" debian@127.0.0.1 \
+      'cloud-init status --long; sudo tail -20 /run/cloud-init/ds-identify.log' >&2 2>&1 || true
+  fi
+  exit 1
+}
+
+# The instance as Hetzner describes it. The serial must be the instance id: the datasource refuses a mismatch.
+iid=$(( $(date +%s) % 90000000 + 10000000 ))
+host=kiln-metadata-check
+mac=96:00:00:4b:1e:01
+ssh-keygen -q -t ed25519 -N '' -C kiln-metadata-check -f "$work/key"
+SSH_OPTS=(-i "$work/key" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+          -o LogLevel=ERROR -o ConnectTimeout=10 -o BatchMode=yes -o ServerAliveInterval=5 -o ServerAliveCountMax=6)
+cat >"$work/user-data" <<'EOF'
+#cloud-config
+write_files:
+  - path: /etc/kiln/overrides.env
+    permissions: "0600"
+    content: |
+      LOG_LEVEL=WARNING
+EOF
+server=$repo/tests/image/metadata_server.py
+python3 "$server" write "$md" --instance-id "$iid" --hostname "$host" --mac "$mac" \
+  --public-key "$work/key.pub" --user-data "$work/user-data"
+# QEMU splits the guestfwd command at spaces (and its option parser at commas, which ",," escapes).
+case "$server$md" in *' '*) fail "a space in $server or $md: QEMU's guestfwd command cannot carry it" ;; esac
+# The server answers before the guest depends on it (a broken server would otherwise cost a whole boot to find).
+printf 'GET /hetzner/v1/metadata/instance-id HTTP/1.0\r\n\r\n' | python3 -I "$server" serve "$md" | grep -qx "$iid" \
+  || fail "metadata_server.py does not serve instance-id $iid"
+: >"$md/requests.log"
+
+# boot_watch (vm-boot.sh, every poll): the guest has ended cloud-init's local stage, where the Hetzner datasource
+# reads the metadata, or shows its login prompt, and nothing asked for the metadata: it never will.
+boot_watch() {
+  grep -q ' "GET /hetzner/v1/metadata HTTP' "$md/requests.log" && return 0
+  if grep -aqE 'Finished .*cloud-init-local\.service|login: ' "$2"; then
+    fail "$1: the guest booted without asking for the metadata (no Hetzner datasource enabled or detected?)"
+  fi
+}
+
+boot() { # boot NAME: as a Hetzner server, metadata at 169.254.169.254 (the server runs once per guest connection)
+  local net="net=169.254.169.0/24,host=169.254.169.2,dns=169.254.169.3,dhcpstart=169.254.169.15,restrict=on"
+  boot_vm "$1" "$net,guestfwd=tcp:169.254.169.254:80-cmd:python3 -I ${server//,/,,} serve ${md//,/,,}" \
+    "mac=$mac" -smbios "type=1,manufacturer=Hetzner,product=vServer,serial=$iid"
+}
+
+say "image $IMAGE ($(du -h "$IMAGE" | cut -f1)), accelerator $ACCEL, Hetzner instance $iid"
+start=$(date +%s)
+boot_retry c boot
+say "c: metadata requests: $(awk '{print $3}' "$md/requests.log" | sort | uniq -c | xargs)"
+
+vssh() { ssh "${SSH_OPTS[@]}" -p "$P22" "$@"; }
+for _ in $(seq 1 30); do vssh debian@127.0.0.1 true 2>/dev/null && break; sleep 2; done
+vssh debian@127.0.0.1 true || fail "c: SSH login as debian with the key the metadata served failed"
+# One SSH session reads everything (each costs seconds of emulated CPU), in sections split here. `sudo -n`: debian's
+# sudo needs no password (there is none). Root's keys must be cloud-init's "log in as debian" stub only (disable_root).
+vssh debian@127.0.0.1 sudo -n bash -s <<'EOF' >"$work/c.inspect" || fail "c: reading the instance over SSH failed"
+echo "== user"; echo "$SUDO_USER"
+echo "== root-keys"; grep -v '^no-port-forwarding.*command="echo .*Please login as the user \\"debian\\"' /root/.ssh/authorized_keys || true
+echo "== hostname"; hostname
+echo "== network"; ip -o link show eth0 | grep -o 'link/ether [0-9a-f:]*'; ls /etc/systemd/network/
+echo "== cloud-init"; timeout 300 cloud-init status --wait >/dev/null 2>&1; cloud-init status --long; echo "rc $?"
+echo "== ds-identify"; grep '^datasource_list' /run/cloud-init/cloud.cfg
+echo "== firstboot"; systemctl is-active kiln-firstboot kiln-firstboot-db
+echo "== overrides"; stat -c '%a %U' /etc/kiln/overrides.env; cat /etc/kiln/overrides.env
+echo "== kiln.env"; sed -n '/^# --- from/,$p' /etc/kiln/kiln.env
+# ds-identify as it would decide on other machines: the DMI values and file-system labels it reads, faked in a
+# scratch directory (its PATH_* variables and its test environment file), the image's /etc/cloud as it is.
+echo "== providers"
+ds_on() { # ds_on NAME SYS_VENDOR PRODUCT_NAME PRODUCT_UUID LABEL: NAME=the datasource_list, or NAME=disabled
+  local d; d=$(mktemp -d)
+  mkdir -p "$d/dmi" "$d/run" "$d/lib"
+  printf '%s\n' "$2" >"$d/dmi/sys_vendor"; printf '%s\n' "$3" >"$d/dmi/product_name"
+  printf '%s\n' "$4" >"$d/dmi/product_uuid"
+  printf "DI_BLKID_EXPORT_OUT='DEVNAME=/dev/vda1\nTYPE=ext4\nLABEL=rootfs%b'\n" \
+    "${5:+\nDEVNAME=/dev/sr0\nTYPE=iso9660\nLABEL=$5}" >"$d/env"
+  if PATH_SYS_CLASS_DMI_ID=$d/dmi PATH_RUN_CI=$d/run PATH_VAR_LIB_CLOUD=$d/lib PATH_DI_ENV=$d/env \
+       /usr/lib/cloud-init/ds-identify --force 2>/dev/null; then
+    echo "$1=$(sed -n 's/^datasource_list: //p' "$d/run/cloud.cfg")"
+  else
+    echo "$1=disabled"
+  fi
+  rm -rf "$d"
+}
+ds_on digitalocean DigitalOcean Droplet "" config-2
+ds_on hetzner Hetzner vServer "" ""
+ds_on vultr Vultr VC2 "" ""
+ds_on scaleway Scaleway SCW-DEV1-S "" ""
+ds_on ovh "OpenStack Foundation" "OpenStack Nova" "" ""
+ds_on openstack-configdrive "OpenStack Foundation" "OpenStack Nova" "" config-2
+ds_on proxmox-nocloud QEMU "Standard PC (i440FX + PIIX, 1996)" "" cidata
+ds_on proxmox-configdrive QEMU "Standard PC (i440FX + PIIX, 1996)" "" config-2
+ds_on aws-ec2 "Amazon EC2" t3.micro ec2e1916-9099-7caf-fd21-012345abcdef ""
+ds_on none QEMU "Standard PC (i440FX + PIIX, 1996)" "" ""
+EOF
+section() { awk -v s="== $1" '$0 == s {on=1; next} /^== / {on=0} on' "$work/c.inspect"; }
+problems=()
+expect() { # expect WHAT GOT WANT
+  if [ "$2" = "$3" ]; then say "c: $1: $2"; else problems+=("$1: got '$2', want '$3'"); fi
+}
+expect "login user (sudo without password)" "$(section user)" debian
+expect "root's usable keys" "$(section root-keys | wc -l)" 0
+expect hostname "$(section hostname)" "$host"
+expect "eth0 (served MAC)" "$(section network | head -1)" "link/ether $mac"
+expect "networkd config" "$(section network | sed -n 2p)" 10-cloud-init-eth0.network
+expect "cloud-init status" "$(section cloud-init | sed -n 's/^status: //p')" "done"
+expect "cloud-init datasource" "$(section cloud-init | sed -n 's/^detail: //p')" DataSourceHetzner
+expect "cloud-init errors" "$(section cloud-init | sed -n 's/^errors: //p')" "[]"
+expect "cloud-init status rc" "$(section cloud-init | sed -n 's/^rc //p')" 0
+expect "ds-identify's choice" "$(section ds-identify)" "datasource_list: [ Hetzner, None ]"
+expect "first boot" "$(section firstboot | xargs)" "active active"
+expect "user-data's overrides.env" "$(section overrides | xargs)" "600 root LOG_LEVEL=WARNING"
+expect "kiln.env from the overrides" "$(section kiln.env | tail -1)" LOG_LEVEL=WARNING
+while IFS='=' read -r name want; do
+  expect "ds-identify on $name" "$(section providers | sed -n "s/^$name=//p")" "$want"
+done <<'EOF'
+digitalocean=[ ConfigDrive, None ]
+hetzner=[ Hetzner, None ]
+vultr=[ Vultr, None ]
+scaleway=[ Scaleway, None ]
+ovh=[ OpenStack, None ]
+openstack-configdrive=[ ConfigDrive, None ]
+proxmox-nocloud=[ NoCloud, None ]
+proxmox-configdrive=[ ConfigDrive, None ]
+aws-ec2=[ Ec2, None ]
+none=disabled
+EOF
+if [ ${#problems[@]} -gt 0 ]; then
+  printf '    %s\n' "${problems[@]}" >&2
+  sed 's/^/    | /' "$work/c.inspect" >&2
+  fail "c: ${#problems[@]} check(s) failed"
+fi
+say "PASS: a Hetzner instance: boot -> first /readyz 200 in ${BOOT_SECS}s, key for debian, hostname, network, user-data, first boot (accel $ACCEL); total $(( $(date +%s) - start ))s"

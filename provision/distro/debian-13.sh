@@ -19,7 +19,7 @@ PKG_REDIS=(redis-server redis-tools)
 PKG_WEB=(nginx supervisor)
 PKG_FIREWALL=(ufw)
 PKG_SSH=(openssh-server)
-PKG_SERVICES=(fail2ban python3-systemd apparmor auditd systemd-timesyncd sysstat debsums)
+PKG_SERVICES=(fail2ban python3-systemd apparmor auditd systemd-timesyncd sysstat debsums needrestart)
 PKG_ACCOUNTS=(libpam-passwdqc libpam-tmpdir)
 PKG_LOGS=(logrotate)
 # Build-time only (purged after the wheels are built) vs. the runtime library the compiled mysqlclient links to.

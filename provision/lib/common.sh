@@ -181,5 +181,23 @@ disk_check() {
   return 0
 }
 
+# reboot_pending: succeeds and prints why when installed fixes wait for a reboot (a newer kernel in /boot than the
+# running one, or /run/reboot-required, which unattended-upgrades' kernel hook and some packages leave); fails
+# quietly otherwise. The one check for the login message (/etc/update-motd.d/90-kiln-reboot-required), the status
+# checks and the tests.
+reboot_pending() {
+  local running newest reasons=()
+  running=$(uname -r)
+  newest=$(find /boot -maxdepth 1 -name 'vmlinuz-*' -printf '%f\n' | sed 's/^vmlinuz-//' | sort -V | tail -n 1)
+  [ -z "$newest" ] || [ "$newest" = "$running" ] || reasons+=("kernel $newest is installed, $running is running")
+  if [ -e /run/reboot-required ]; then
+    local pkgs=""
+    if [ -r /run/reboot-required.pkgs ]; then pkgs=$(sort -u /run/reboot-required.pkgs | tr '\n' ' '); fi
+    reasons+=("/run/reboot-required${pkgs:+ (packages: ${pkgs% })}")
+  fi
+  [ ${#reasons[@]} -gt 0 ] || return 1
+  local IFS=';'; echo "${reasons[*]}"
+}
+
 # Random secrets: hex only, so they are safe inside URLs and config files without quoting.
 gen_secret() { openssl rand -hex "${1:-24}"; }

@@ -1,0 +1,128 @@
+"""Security updates take effect: an apt run restarts what uses replaced files, a pending reboot is shown, and the
+operator's reboot window is the only automatic reboot.
+
+Disruptive (both Redis instances restart, the first-boot config is re-run): the suite runs after the others
+(conftest.py's ORDER does not name it).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from kilnlib import (
+    ENV_FILE,
+    REBOOT_PENDING,
+    main_pid,
+    out,
+    redis_cli,
+    sh,
+    unit_evidence,
+    wait_for,
+    wait_http_ok,
+)
+
+REDIS_UNITS = ("redis-server@cache.service", "redis-server@queue.service")
+OVERRIDES = "/etc/kiln/overrides.env"
+AUTO_REBOOT = "/etc/apt/apt.conf.d/52kiln-auto-reboot"
+
+
+def _apt_run(host) -> str:
+    """One real apt/dpkg transaction (a throw-away local package in, then out), so apt's DPkg::Post-Invoke hooks run
+    as they do for unattended-upgrades; no package index is needed."""
+    build = (
+        "set -e; d=$(mktemp -d); mkdir -p $d/pkg/DEBIAN; chmod 0755 $d $d/pkg $d/pkg/DEBIAN; "
+        "printf 'Package: kiln-apt-probe\\nVersion: 1\\nArchitecture: all\\nMaintainer: kiln\\n"
+        "Description: Kiln test: an apt transaction\\n' >$d/pkg/DEBIAN/control; "
+        "dpkg-deb -b $d/pkg $d/probe.deb >/dev/null; "
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q $d/probe.deb 2>&1; "
+        "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q kiln-apt-probe 2>&1; rm -rf $d"
+    )
+    return sh(host, build, timeout=600).stdout
+
+
+def test_an_apt_run_restarts_both_redis_instances_when_their_binary_is_replaced(host):
+    # Debian's redis postinst restarts only the stock redis-server.service (masked here): without a restart hook the
+    # @cache and @queue instances would keep running the old, vulnerable binary after a security update.
+    before = {unit: main_pid(host, unit) for unit in REDIS_UNITS}
+    assert all(before.values()), {u: unit_evidence(host, u) for u in REDIS_UNITS}
+    # What an upgrade does to the file: a new inode at the same path (the same bytes here). The running binary is
+    # what /proc/PID/exe names (Debian's redis-server and redis-check-rdb are one program).
+    binary = out(host, f"readlink /proc/{before[REDIS_UNITS[0]]}/exe")
+    sh(host, f"cp -p {binary} {binary}.kiln-new && mv -f {binary}.kiln-new {binary}")
+    deleted = out(host, f"readlink /proc/{before[REDIS_UNITS[0]]}/exe")
+    # (its mount namespace may show the deleted file's path as "/ (deleted)")
+    assert deleted.endswith(" (deleted)"), f"the running redis does not see {binary} replaced: exe -> {deleted}"
+    log = _apt_run(host)
+    after = wait_for(
+        lambda: (p := {u: main_pid(host, u) for u in REDIS_UNITS}) and all(p[u] not in (0, before[u]) for u in p) and p,
+        60,
+        1,
+        "both Redis instances restarted with new PIDs",
+        evidence=lambda: f"PIDs before: {before}\n--- apt run ---\n{log[-3000:]}",
+    )
+    print(f"redis PIDs before {before}, after the apt run {after}")
+    for which in ("cache", "queue"):
+        pong = wait_for(
+            lambda w=which: (r := redis_cli(host, w, "PING", ok=None)).rc == 0 and "PONG" in r.stdout and r,
+            30,
+            1,
+            f"redis {which} answers PING",
+        )
+        assert "PONG" in pong.stdout
+        exe = out(host, f"readlink /proc/{after[f'redis-server@{which}.service']}/exe")
+        assert exe == binary, f"redis {which} runs {exe}, not the new {binary}"
+    wait_http_ok(host, "/readyz", timeout=60)
+
+
+def test_a_pending_reboot_is_shown_at_login_and_by_the_status_check(host):
+    # Nothing is pending on a fresh server (test_security_basics checks the kernel); then what unattended-upgrades'
+    # kernel hook leaves behind after a kernel update.
+    res = sh(host, REBOOT_PENDING, ok=None)
+    assert res.rc == 1, f"reboot_pending on a server that needs none: rc={res.rc} {res.stdout}{res.stderr}"
+    motd = out(host, "run-parts /etc/update-motd.d")
+    assert "reboot" not in motd.lower(), motd
+    try:
+        sh(host, "echo '*** System restart required ***' >/run/reboot-required")
+        sh(host, "echo linux-image-test >/run/reboot-required.pkgs")
+        res = sh(host, REBOOT_PENDING, ok=None)
+        assert res.rc == 0 and "linux-image-test" in res.stdout, f"rc={res.rc}: {res.stdout}{res.stderr}"
+        motd = out(host, "run-parts /etc/update-motd.d")
+        assert "reboot" in motd.lower() and "linux-image-test" in motd, f"motd at login:\n{motd}"
+    finally:
+        sh(host, "rm -f /run/reboot-required /run/reboot-required.pkgs")
+
+
+@pytest.fixture
+def overrides(host):
+    """The operator's overrides as they were; restored (and the first-boot config re-applied) afterwards."""
+    saved = out(host, f"cat {OVERRIDES} 2>/dev/null || true")
+    had = host.file(OVERRIDES).exists
+    yield
+    if had:
+        sh(host, f"printf '%s\\n' {shlex.quote(saved)} >{OVERRIDES}")
+    else:
+        sh(host, f"rm -f {OVERRIDES}")
+    sh(host, "kiln-firstboot --reconfigure", timeout=600)
+    wait_http_ok(host, "/readyz", timeout=120)
+
+
+def _apt_reboot_settings(host) -> str:
+    return out(host, "apt-config dump | grep -i 'Unattended-Upgrade::Automatic-Reboot' || true")
+
+
+def test_reboots_happen_only_in_the_operators_window(host, overrides):
+    assert 'Automatic-Reboot "true"' not in _apt_reboot_settings(host), _apt_reboot_settings(host)
+    env_before = out(host, f"cat {ENV_FILE}")
+    # A bad value stops the reconfigure, naming the key, and changes nothing.
+    sh(host, f"echo 'KILN_REBOOT_TIME=25:00' >>{OVERRIDES}")
+    res = sh(host, "kiln-firstboot --reconfigure", ok=None, timeout=600)
+    assert res.rc != 0 and "KILN_REBOOT_TIME" in res.stdout + res.stderr, f"rc={res.rc}\n{res.stdout}{res.stderr}"
+    assert out(host, f"cat {ENV_FILE}") == env_before, "a refused reconfigure rewrote the env file"
+    assert not host.file(AUTO_REBOOT).exists
+    # A good one is what unattended-upgrades reads.
+    sh(host, f"sed -i 's/^KILN_REBOOT_TIME=.*/KILN_REBOOT_TIME=04:30/' {OVERRIDES}")
+    sh(host, "kiln-firstboot --reconfigure", timeout=600)
+    settings = _apt_reboot_settings(host)
+    assert 'Automatic-Reboot "true"' in settings and 'Automatic-Reboot-Time "04:30"' in settings, settings

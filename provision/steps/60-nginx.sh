@@ -16,7 +16,7 @@ ensure_symlink ../sites-available/kiln /etc/nginx/sites-enabled/kiln && reload=1
 if [ -e /etc/nginx/sites-enabled/default ] || [ -L /etc/nginx/sites-enabled/default ]; then
   remove_path /etc/nginx/sites-enabled/default; reload=1
 fi
-put usr/share/kiln/kiln-errors/50x.html || true
+for page in 50x.html 400.html; do put "usr/share/kiln/kiln-errors/$page" || true; done
 ensure_dir /var/www/letsencrypt 0755 root:root
 ensure_dir /etc/kiln/tls 0750 root:root
 if put etc/systemd/system/nginx.service.d/kiln.conf; then need_restart daemon-reload; fi

@@ -25,3 +25,13 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+class WithoutTraceback(logging.Filter):
+    """For records about a client's bad request (Django's refused Host header): the line says what was refused; a
+    traceback of Django's own validation would only look like a server fault in the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True

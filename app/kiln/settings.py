@@ -237,8 +237,15 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "kiln.jsonlog.JsonFormatter"}},
+    "filters": {"without_traceback": {"()": "kiln.jsonlog.WithoutTraceback"}},
     "handlers": {
         "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json"},
+        "stdout_client_error": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+            "formatter": "json",
+            "filters": ["without_traceback"],
+        },
     },
     "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
     "loggers": {
@@ -246,6 +253,8 @@ LOGGING = {
         "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
         "django.server": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
         "rq.worker": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        # A request with a Host header ALLOWED_HOSTS refuses is the client's error (a 400): one line, no traceback.
+        "django.security.DisallowedHost": {"handlers": ["stdout_client_error"], "level": LOG_LEVEL, "propagate": False},
     },
 }
 
@@ -260,6 +269,9 @@ if SENTRY_DSN:
         traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
         send_default_pii=False,
     )
+    from sentry_sdk.integrations.logging import ignore_logger
+
+    ignore_logger("django.security.DisallowedHost")  # bots' Host headers are no errors to report
 
 RECORDS_PAGE_SIZE = 20
 RECORDS_LIST_CACHE_TTL = 300

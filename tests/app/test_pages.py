@@ -91,3 +91,19 @@ def test_head_answers_like_get_without_a_body(user_client, path):
     assert {k: v for k, v in head.headers.items() if k != "Expires"} == {
         k: v for k, v in get.headers.items() if k != "Expires"
     }
+
+
+def test_a_refused_host_is_400_and_logged_in_one_line_without_traceback(client, settings):
+    import io
+    import logging
+
+    settings.ALLOWED_HOSTS = ["example.com"]
+    handler = logging.getLogger("django.security.DisallowedHost").handlers[0]
+    stream, handler.stream = handler.stream, io.StringIO()
+    try:
+        response = client.get("/records/", HTTP_HOST="evil.example")
+        logged = handler.stream.getvalue()
+    finally:
+        handler.stream = stream
+    assert response.status_code == 400
+    assert "evil.example" in logged and "Traceback" not in logged and "exc_info" not in logged, logged

@@ -160,7 +160,7 @@ def test_job_in_progress_survives_supervisorctl_restart_of_its_worker(host):
     assert final["status"] == "finished", f"job killed by `supervisorctl restart {name}`: {final}\n{res.stdout}"
 
 
-def test_worker_killed_mid_job_requeues_or_fails_the_job_never_loses_it(host):
+def test_job_of_a_worker_killed_mid_job_is_retried_to_completion(host):
     st = started(host, 20, retries=1)
     job_id, pid = st["id"], st["worker"]["pid"]
     name = _proc_of_pid(host, pid)
@@ -182,11 +182,19 @@ def test_worker_killed_mid_job_requeues_or_fails_the_job_never_loses_it(host):
     # rq's maintenance (every 10 min in each worker) handles started jobs whose heartbeat expired: run that now,
     # with the clock moved past the heartbeat TTL, instead of waiting for it.
     rq(host, "StartedJobRegistry(queue=q).cleanup(timestamp=time.time() + 3600); print('{}')")
+    # The job had one retry: the killed run used it, so the job ran again, to the end, on a worker.
     final = wait_final(host, job_id, 120, want=("finished", "failed"))
-    if final["status"] == "failed":
-        assert final["in_failed"], f"failed job not in FailedJobRegistry: {final}"
-    else:
-        assert final["status"] == "finished", final
+    runs = rq(
+        host,
+        f"""
+        job = Job.fetch({job_id!r}, connection=conn)
+        print(json.dumps({{"retries_left": job.retries_left, "worker": job.worker_name,
+                           "ended_at": str(job.ended_at), "started_at": str(job.started_at)}}))
+    """,
+    )
+    assert final["status"] == "finished", f"the retry of the killed job did not complete: {final} {runs}"
+    assert runs["retries_left"] == 0, f"the job finished without using its retry (it was never killed?): {runs}"
+    print(f"job {job_id}: killed with {name} (pid {pid}), retried and finished: {runs}")
 
 
 def test_queued_jobs_survive_a_restart_and_a_crash_of_the_queue_redis(host):
@@ -225,9 +233,8 @@ def test_queued_jobs_survive_a_restart_and_a_crash_of_the_queue_redis(host):
     wait_workers_running(host, 120)
 
 
-def test_full_cache_redis_evicts_while_queue_redis_evicts_nothing(host):
+def test_full_cache_redis_evicts_to_stay_within_its_memory(host):
     cache_before = redis_info(host, "cache", "stats")
-    queue_before = redis_info(host, "queue", "stats")
     mem = redis_info(host, "cache", "memory")
     maxmem = int(mem.get("maxmemory", "0"))
     assert maxmem > 0, f"cache redis has no maxmemory: {mem}"
@@ -256,10 +263,49 @@ def test_full_cache_redis_evicts_while_queue_redis_evicts_nothing(host):
             f"{h} xargs -r -n 500 redis-cli -p 6379 DEL >/dev/null",
             ok=None,
         )
-    queue_after = redis_info(host, "queue", "stats")
-    assert queue_after["evicted_keys"] == queue_before["evicted_keys"] == "0", (
-        f"queue redis evicted keys: before={queue_before['evicted_keys']} after={queue_after['evicted_keys']}"
-    )
     # the app still works with its cache churned
     r = json.loads(out(host, "curl -s -H 'Host: localhost' http://127.0.0.1/readyz"))
     assert r["cache"]["ok"] and r["queue"]["ok"], r
+
+
+def test_full_queue_redis_refuses_writes_and_evicts_nothing(host):
+    # The queue instance itself under memory pressure: filled to its maxmemory, it must refuse new writes (OOM under
+    # noeviction) and keep every job it holds; readiness reports it (503), and recovers once there is room again.
+    mem = redis_info(host, "queue", "memory")
+    maxmem = int(mem.get("maxmemory", "0"))
+    assert maxmem > 0 and mem.get("maxmemory_policy") == "noeviction", mem
+    evicted_before = redis_info(host, "queue", "stats")["evicted_keys"]
+    # a job in a queue no worker consumes, so it stays while the instance is full
+    held = 'from rq import Queue\nhq = Queue("kiln-infra-held", connection=conn)\n'
+    kept = "kiln-infra-kept"
+    rq(host, held + f'hq.enqueue("time.sleep", 0, job_id="{kept}")\nprint("{{}}")')
+    fill = (
+        "EVAL \"for i=1,50 do redis.call('SET','kiln-infra-qfill:'..ARGV[1]..':'..i, string.rep('x',102400)) end "
+        'return 1" 0'
+    )
+    refused = None
+    try:
+        for n in range(2 * maxmem // (50 * 102400) + 2):
+            res = redis_cli(host, "queue", f"{fill} {n}", ok=None)
+            if "OOM" in res.stdout + res.stderr:
+                refused = (n, (res.stdout + res.stderr).strip()[:200])
+                break
+        assert refused, f"queue redis took {2 * maxmem} bytes past its maxmemory {maxmem} without refusing"
+        ready = sh(host, "curl -s -o /dev/null -w '%{http_code}' -H 'Host: localhost' http://127.0.0.1/readyz").stdout
+        assert ready == "503", f"readiness with a full queue redis: {ready}"
+        stats = redis_info(host, "queue", "stats")
+        assert stats["evicted_keys"] == evicted_before, f"queue redis evicted keys: {evicted_before} -> {stats}"
+        jobs = rq(host, held + "print(json.dumps(hq.get_job_ids()))")
+        assert jobs == [kept], f"the job held in the full queue redis: {jobs}"
+        print(f"queue redis full: write {refused[0]} refused ({refused[1]}), readyz {ready}, evicted 0, job kept")
+    finally:
+        h = "REDISCLI_AUTH=\"$(sed -n 's#^QUEUE_URL=redis://:\\([^@]*\\)@.*#\\1#p' /etc/kiln/kiln.env)\" "
+        sh(
+            host,
+            f"{h} redis-cli -p 6380 --scan --pattern 'kiln-infra-qfill:*' | "
+            f"{h} xargs -r -n 500 redis-cli -p 6380 DEL >/dev/null",
+            ok=None,
+        )
+        rq(host, held + 'hq.empty()\nprint("{}")')
+    r = json.loads(out(host, "curl -s -H 'Host: localhost' http://127.0.0.1/readyz"))
+    assert r["queue"]["ok"], f"readiness after the queue redis was emptied again: {r}"

@@ -51,7 +51,7 @@ image: ## Build the VPS qcow2 + Vagrant box + manifest into build/$(DISTRO)/ (in
 	$(call stage,image $(DISTRO),packer/scripts/build.sh)
 
 .PHONY: image-check
-image-check: ## Image hygiene (DigitalOcean rules, stricter), then boot the qcow2 twice with QEMU + NoCloud
+image-check: ## Image hygiene (DigitalOcean rules, stricter), a boot as a Hetzner server (metadata API), two boots with QEMU + NoCloud
 	$(call stage,image hygiene,tests/image/hygiene-check.sh)
 	$(call stage,metadata check,tests/image/metadata-check.sh)
 	$(call stage,boot check,tests/image/boot-check.sh)

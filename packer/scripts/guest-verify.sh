@@ -38,7 +38,8 @@ while :; do
     echo "    programs RUNNING: ${CHECK_PROGRAMS:-(none)}"
     echo "    GET /readyz -> 200 $(head -c 400 /tmp/readyz.json 2>/dev/null)"
     # The build log shows how full the image is (lib/common.sh's disk check: a warning, never a failure).
-    bash -c '. /usr/local/lib/kiln/lib/common.sh && disk_check'
+    # ... and whether it waits for a reboot (the login message's check; the infra suites fail on one).
+    bash -c '. /usr/local/lib/kiln/lib/common.sh && disk_check && if r=$(reboot_pending); then warn "reboot pending: $r"; else log "no reboot pending"; fi'
     echo "<== verify: OK after $(( timeout - (deadline - $(date +%s)) ))s"
     exit 0
   fi

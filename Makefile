@@ -6,6 +6,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 DISTRO ?= debian-13
+APP    ?= app
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export DISTRO
@@ -20,7 +21,7 @@ stage = @printf '\n==> %s  [%s]\n' '$(1)' "$$(date -u +%T)"; t0=$$(date +%s); { 
 .PHONY: help
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  Variables: DISTRO=$(DISTRO) (debian-13 | ubuntu-24.04), VENV=$(VENV)"
+	@echo "  Variables: DISTRO=$(DISTRO) (debian-13 | ubuntu-24.04), APP=$(APP) (the folder with manage.py), VENV=$(VENV)"
 
 .PHONY: deps
 deps: $(VENV)/.installed ## Install host packages and the virtualenv the tests need
@@ -46,8 +47,13 @@ test-app: deps ## App tests against real MariaDB, Redis, S3 (moto) and SMTP serv
 test-tools: deps ## Kiln's test tooling without a guest: the background audit's hold, bound, stop; QMP; Lynis shim; provision helpers on read-only and full file systems; log coverage; disk check
 	$(call stage,tool tests,tools/apt-ensure.sh qemu-system-x86 lynis && $(VENV)/bin/pytest tests/tools)
 
+.PHONY: app-check
+app-check: ## Check the app's contract ([tool.kiln] in APP/pyproject.toml) for DISTRO: every problem, in seconds
+	$(call stage,app-check $(APP),python3 provision/files/usr/local/lib/kiln/kiln_app.py check $(APP) --distro $(DISTRO))
+
 .PHONY: image
-image: ## Build the VPS qcow2 + Vagrant box + manifest into build/$(DISTRO)/ (installs packer, qemu, ...)
+# app-check first: a contract that cannot work stops the build before anything is installed or baked.
+image: app-check ## Build the VPS qcow2 + Vagrant box + manifest into build/$(DISTRO)/ (installs packer, qemu, ...)
 	$(call stage,image $(DISTRO),packer/scripts/build.sh)
 
 .PHONY: image-check

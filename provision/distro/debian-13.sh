@@ -5,6 +5,8 @@ DISTRO_PRETTY="Debian 13 (trixie)"
 VAGRANT_GUEST=debian
 # systemd-native locale file (trixie makes /etc/default/locale a symlink to it)
 LOCALE_FILE=/etc/locale.conf
+# The distro's python3, which runs the app's venv (X.Y; kiln_app.py checks the app's Python range against it)
+PYTHON_VERSION=3.13
 PKG_BASE=(ca-certificates curl openssl tzdata unattended-upgrades openssh-client
           python3 python3-venv procps iproute2)
 PKG_DB_SERVER=(mariadb-server mariadb-client)

@@ -5,6 +5,8 @@ DISTRO_PRETTY="Ubuntu 24.04 (noble)"
 # Vagrant guest plugin (the Vagrantfile reads it: a named guest skips probing ~40 guest types over SSH)
 VAGRANT_GUEST=ubuntu
 LOCALE_FILE=/etc/default/locale
+# The distro's python3, which runs the app's venv (X.Y; kiln_app.py checks the app's Python range against it)
+PYTHON_VERSION=3.12
 PKG_BASE=(ca-certificates curl openssl tzdata unattended-upgrades openssh-client
           python3 python3-venv procps iproute2)
 PKG_DB_SERVER=(mysql-server mysql-client)

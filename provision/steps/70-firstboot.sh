@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# step: first-boot units (secrets, TLS, env; then DB user, migrations), the operator commands, SSH host keys at
+# step: first-boot units (secrets early; TLS, env; then DB user, migrations), the operator commands, SSH host keys at
 # boot, supervisord woken at start, CPU weights at boot (the path to the first served request)
 set -euo pipefail
 # shellcheck source=provision/lib/common.sh
@@ -7,7 +7,7 @@ set -euo pipefail
 
 put usr/local/sbin/kiln-firstboot 0755 || true
 put usr/local/sbin/kiln-letsencrypt 0755 || true
-for unit in kiln-firstboot.service kiln-firstboot-db.service; do
+for unit in kiln-firstboot-secrets.service kiln-firstboot.service kiln-firstboot-db.service; do
   if put "etc/systemd/system/$unit"; then need_restart daemon-reload; fi
   svc_enable "$unit" || true
 done

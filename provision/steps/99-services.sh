@@ -17,7 +17,7 @@ if pending restart systemd-journald.service; then act systemctl restart systemd-
 if pending restart "$DB_SERVICE"; then act systemctl restart "$DB_SERVICE"; fi
 systemctl is-active -q "$DB_SERVICE" || act systemctl start "$DB_SERVICE"
 # First boot of this instance (Vagrant provisions a running VM; Packer reboots, then the marker matches).
-[ "$(cat /var/lib/kiln/firstboot.done 2>/dev/null || true)" = "$(cat /etc/machine-id)" ] || act systemctl start kiln-firstboot.service kiln-firstboot-db.service
+[ "$(cat /var/lib/kiln/firstboot.done 2>/dev/null || true)" = "$(cat /etc/machine-id)" ] || act systemctl start kiln-firstboot-secrets.service kiln-firstboot.service kiln-firstboot-db.service
 for name in cache queue; do
   unit=redis-server@$name.service
   if pending restart "$unit" && systemctl is-active -q "$unit"; then act systemctl restart "$unit"; fi

@@ -9,7 +9,7 @@
 #   - the hostname is the served one, and the served network config was rendered (NIC with the served MAC renamed
 #     eth0, 10-cloud-init-eth0.network);
 #   - the user-data's write_files landed (/etc/kiln/overrides.env, 0600) before the first boot read it (kiln.env);
-#   - cloud-init is done without errors, datasource Hetzner; kiln-firstboot and kiln-firstboot-db are active;
+#   - cloud-init is done without errors, datasource Hetzner; the three kiln-firstboot units are active;
 #   - /readyz answered 200 through the forwarded port (the boot wait, tests/image/vm-boot.sh);
 #   - ds-identify (the image's own, with the image's datasource_list) picks the datasource of every provider the
 #     README names, given the DMI values and disk labels it looks at (faked for it in a scratch directory), and
@@ -122,7 +122,7 @@ echo "== hostname"; hostname
 echo "== network"; ip -o link show eth0 | grep -o 'link/ether [0-9a-f:]*'; ls /etc/systemd/network/
 echo "== cloud-init"; timeout 300 cloud-init status --wait >/dev/null 2>&1; cloud-init status --long; echo "rc $?"
 echo "== ds-identify"; grep '^datasource_list' /run/cloud-init/cloud.cfg
-echo "== firstboot"; systemctl is-active kiln-firstboot kiln-firstboot-db
+echo "== firstboot"; systemctl is-active kiln-firstboot-secrets kiln-firstboot kiln-firstboot-db
 echo "== overrides"; stat -c '%a %U' /etc/kiln/overrides.env; cat /etc/kiln/overrides.env
 echo "== kiln.env"; sed -n '/^# --- from/,$p' /etc/kiln/kiln.env
 # ds-identify as it would decide on other machines: the DMI values and file-system labels it reads, faked in a
@@ -169,7 +169,7 @@ expect "cloud-init datasource" "$(section cloud-init | sed -n 's/^detail: //p')"
 expect "cloud-init errors" "$(section cloud-init | sed -n 's/^errors: //p')" "[]"
 expect "cloud-init status rc" "$(section cloud-init | sed -n 's/^rc //p')" 0
 expect "ds-identify's choice" "$(section ds-identify)" "datasource_list: [ Hetzner, None ]"
-expect "first boot" "$(section firstboot | xargs)" "active active"
+expect "first boot" "$(section firstboot | xargs)" "active active active"
 expect "user-data's overrides.env" "$(section overrides | xargs)" "600 root LOG_LEVEL=WARNING"
 expect "kiln.env from the overrides" "$(section kiln.env | tail -1)" LOG_LEVEL=WARNING
 while IFS='=' read -r name want; do

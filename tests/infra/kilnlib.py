@@ -31,8 +31,8 @@ WEB_LOG = "/var/log/kiln/web.log"
 SOCKET = "/run/kiln/gunicorn.sock"
 GUNICORN_PID = "/run/kiln/gunicorn.pid"
 SERVICES = ["nginx", "mariadb", "redis-server@cache", "redis-server@queue", "supervisor"]
-# first boot in two stages (provision/files/usr/local/sbin/kiln-firstboot): config, then database
-FIRSTBOOT_UNITS = ["kiln-firstboot", "kiln-firstboot-db"]
+# first boot in three stages (provision/files/usr/local/sbin/kiln-firstboot): secrets, config, database
+FIRSTBOOT_UNITS = ["kiln-firstboot-secrets", "kiln-firstboot", "kiln-firstboot-db"]
 # The server's own pending-reboot check (provision/lib/common.sh, installed with the operator commands): rc 0 and
 # the reason when a reboot is pending, rc 1 when not. The login message uses it too.
 REBOOT_PENDING = "bash -c '. /usr/local/lib/kiln/lib/common.sh && reboot_pending'"

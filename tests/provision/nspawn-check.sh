@@ -153,7 +153,7 @@ snapshot() { # state that a no-op provisioning run must not change
 
 service_checks() { # service_checks PHASE
   local u
-  for u in kiln-firstboot kiln-firstboot-db mariadb redis-server@cache redis-server@queue nginx supervisor; do
+  for u in kiln-firstboot-secrets kiln-firstboot kiln-firstboot-db mariadb redis-server@cache redis-server@queue nginx supervisor; do
     check "$1: $u.service active" cx systemctl is-active -q "$u.service"
   done
   check "$1: stock redis-server.service masked" test "$(cx systemctl is-enabled redis-server.service 2>/dev/null)" = masked

@@ -54,8 +54,9 @@ case $distro in
   *) echo "build-base-disk: unknown DISTRO '$distro' (debian-13 | ubuntu-24.04)" >&2; exit 2 ;;
 esac
 
-# Cache key: this script, distro, mirror, packages, size. (The archive moves on; FORCE=1 or deleting OUT rebuilds.)
-key=$( { sha256sum "$0" | cut -d' ' -f1; echo "$distro $suite $mirror $components $size ${pkgs[*]} ${extra_sources[*]}"; } | sha256sum | cut -d' ' -f1)
+# Cache key: this script and the initramfs files, distro, mirror, packages, size. (The archive moves on; FORCE=1 or deleting OUT rebuilds.)
+key=$( { sha256sum "$0" "$repo"/provision/files/etc/initramfs-tools/conf.d/90-kiln.conf \
+            "$repo"/provision/files/etc/initramfs-tools/hooks/kiln | cut -d' ' -f1; echo "$distro $suite $mirror $components $size ${pkgs[*]} ${extra_sources[*]}"; } | sha256sum | cut -d' ' -f1)
 if [ -z "${FORCE:-}" ] && [ -s "$out" ] && [ -s "$out.vmlinuz" ] && [ "$(cat "$out.inputs" 2>/dev/null)" = "$key" ]; then
   echo "build-base-disk: cached $out (inputs $key)"
   exit 0
@@ -84,6 +85,12 @@ trap cleanup EXIT INT TERM
 
 rootuuid=$(cat /proc/sys/kernel/random/uuid)
 t0=$(date +%s)
+# Kiln's initramfs configuration (provision/steps/82-kernel.sh installs the same files) in place before the kernel
+# is installed, so the one initramfs made here is the small one (and the guest has nothing to remake).
+initramfs_hook="mkdir -p \"\$1/etc/initramfs-tools/conf.d\" \"\$1/etc/initramfs-tools/hooks\" \
+  && install -m 0644 '$repo/provision/files/etc/initramfs-tools/conf.d/90-kiln.conf' \"\$1/etc/initramfs-tools/conf.d/\" \
+  && install -m 0755 '$repo/provision/files/etc/initramfs-tools/hooks/kiln' \"\$1/etc/initramfs-tools/hooks/\""
+
 echo "build-base-disk: mmdebstrap $suite (${#pkgs[@]} packages) ..."
 # The host's pip settings must not leak into the image. (Hooks are expanded by mmdebstrap: $1 is the rootfs.)
 # shellcheck disable=SC2016
@@ -91,6 +98,7 @@ env -u PIP_FIND_LINKS -u PIP_CERT -u PIP_DEFAULT_TIMEOUT mmdebstrap --variant=mi
   --components="$components" --keyring="$keyring" \
   --include="$(IFS=,; echo "${pkgs[*]}")" \
   --aptopt='Acquire::Languages "none"' --hook-dir=/usr/share/mmdebstrap/hooks/eatmydata \
+  --setup-hook="$initramfs_hook" \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
   --customize-hook='chroot "$1" systemctl enable systemd-networkd systemd-resolved ssh' \

@@ -7,8 +7,9 @@ VAGRANT_GUEST=debian
 LOCALE_FILE=/etc/locale.conf
 # The distro's python3, which runs the app's venv (X.Y; kiln_app.py checks the app's Python range against it)
 PYTHON_VERSION=3.13
+# zstd: initramfs-tools compresses with it (files/etc/initramfs-tools/conf.d/90-kiln.conf), gzip without it
 PKG_BASE=(ca-certificates curl openssl tzdata unattended-upgrades openssh-client
-          python3 python3-venv procps iproute2)
+          python3 python3-venv procps iproute2 zstd)
 PKG_DB_SERVER=(mariadb-server mariadb-client)
 DB_SERVICE=mariadb.service
 DB_CONF_DIR=/etc/mysql/mariadb.conf.d

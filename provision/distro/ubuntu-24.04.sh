@@ -7,8 +7,9 @@ VAGRANT_GUEST=ubuntu
 LOCALE_FILE=/etc/default/locale
 # The distro's python3, which runs the app's venv (X.Y; kiln_app.py checks the app's Python range against it)
 PYTHON_VERSION=3.12
+# zstd: initramfs-tools compresses with it (files/etc/initramfs-tools/conf.d/90-kiln.conf), gzip without it
 PKG_BASE=(ca-certificates curl openssl tzdata unattended-upgrades openssh-client
-          python3 python3-venv procps iproute2)
+          python3 python3-venv procps iproute2 zstd)
 PKG_DB_SERVER=(mysql-server mysql-client)
 DB_SERVICE=mysql.service
 # Drop-ins of files/etc/systemd/system/mariadb.service.d/ this server also gets (besides kiln.conf and

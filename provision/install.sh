@@ -5,7 +5,8 @@
 #                                        # apply steps 89 and 99, as every run: they restart and reload what this
 #                                        # or an earlier run changed and no run has applied yet
 #                                        # (/var/lib/kiln/provision.pending)
-# Expects the app source next to it: $(dirname install.sh)/../app (override: KILN_APP_SRC).
+# Expects the app source next to it: $(dirname install.sh)/../app (override: KILN_APP_SRC, the folder with manage.py
+# and the app's contract, [tool.kiln] in its pyproject.toml).
 # Environment (all optional):
 #   KILN_VERSION        release name for /srv/kiln/releases/<version> [default: 0.0.0+<app content hash>]
 #   KILN_COMMIT         VCS commit recorded in /etc/kiln/release [default: unknown]
@@ -28,8 +29,13 @@ export KILN_PROVISION_DIR KILN_APP_SRC
 [ "$(id -u)" -eq 0 ] || die "must run as root (sudo $0)"
 load_distro
 [ -d "$KILN_APP_SRC" ] || die "app source directory not found: $KILN_APP_SRC (set KILN_APP_SRC)"
-[ -f "$KILN_APP_SRC/requirements.txt" ] || die "missing required file $KILN_APP_SRC/requirements.txt (the app's lock file)"
 [ -f "$KILN_APP_SRC/manage.py" ] || die "missing required file $KILN_APP_SRC/manage.py"
+# The app's contract ([tool.kiln] in its pyproject.toml): checked here when this system has a Python for it, and
+# always by kiln-release (step 40) before it builds anything; `make image` and `vagrant up` check it on the host.
+if command -v python3 >/dev/null && python3 -c 'import tomllib' 2>/dev/null; then
+  python3 "$KILN_FILES/usr/local/lib/kiln/kiln_app.py" check "$KILN_APP_SRC" --distro "$KILN_DISTRO" \
+    || die "the app's contract has problems (above): nothing was changed"
+fi
 if [ -n "${KILN_BUILD_CA_DIR:-}" ] && [ ! -d "$KILN_BUILD_CA_DIR" ]; then
   die "KILN_BUILD_CA_DIR=$KILN_BUILD_CA_DIR is not a directory (a directory of *.crt, or unset for none)"
 fi

@@ -108,11 +108,32 @@ remove_path() { # remove_path PATH (a removal is logged; returns 0 unless it die
 }
 
 # Every distro package the provisioned server runs with, from the distro profile's PKG_* lists (build-only
-# PKG_BUILD_DEPS excluded). The image build preinstalls exactly these into the base disk, so the steps' apt_install
-# calls in the emulated guest find them present; a stock box or a plain server installs them step by step.
+# PKG_BUILD_DEPS excluded) and, with KILN_APP_SRC set, the app's own runtime packages (its contract's `packages`).
+# The image build preinstalls exactly these into the base disk, so the steps' apt_install calls in the emulated guest
+# find them present; a stock box or a plain server installs them step by step (the app's: kiln-release).
 stack_packages() {
-  printf '%s\n' "${PKG_BASE[@]}" "${PKG_DB_SERVER[@]}" "${PKG_REDIS[@]}" "${PKG_WEB[@]}" "${PKG_APP_RUNTIME[@]}" \
-    "${PKG_FIREWALL[@]}" "${PKG_SSH[@]}" "${PKG_SERVICES[@]}" "${PKG_ACCOUNTS[@]}" "${PKG_LOGS[@]}" | LC_ALL=C sort -u
+  { printf '%s\n' "${PKG_BASE[@]}" "${PKG_DB_SERVER[@]}" "${PKG_REDIS[@]}" "${PKG_WEB[@]}" "${PKG_APP_RUNTIME[@]}" \
+      "${PKG_FIREWALL[@]}" "${PKG_SSH[@]}" "${PKG_SERVICES[@]}" "${PKG_ACCOUNTS[@]}" "${PKG_LOGS[@]}"
+    if [ -n "${KILN_APP_SRC:-}" ]; then app_contract_list "$KILN_APP_SRC" PACKAGES; fi
+  } | LC_ALL=C sort -u
+}
+
+# The app contract's reader: beside this file on a server (/usr/local/lib/kiln), else in the provision/ tree.
+kiln_app_py() {
+  local f
+  for f in "$KILN_PROVISION_DIR/kiln_app.py" "$KILN_FILES/usr/local/lib/kiln/kiln_app.py"; do
+    if [ -f "$f" ]; then echo "$f"; return 0; fi
+  done
+  die "no kiln_app.py in $KILN_PROVISION_DIR or $KILN_FILES/usr/local/lib/kiln"
+}
+# app_contract_list APP_DIR KEY: a list of the app's resolved contract (KEY as in kiln-app.env: PACKAGES,
+# BUILD_PACKAGES, RELEASE, ...), one item a line. A contract with problems stops the caller, naming them.
+app_contract_list() {
+  local env
+  env=$(python3 "$(kiln_app_py)" show "$1" --format env ${KILN_DISTRO:+--distro "$KILN_DISTRO"}) \
+    || die "the contract of the app in $1 has problems (above)"
+  # The assignments are shlex-quoted by kiln_app.py: evaluating them assigns, it runs nothing.
+  ( eval "$env"; local -n list="KILN_APP_$2"; if [ ${#list[@]} -gt 0 ]; then printf '%s\n' "${list[@]}"; fi )
 }
 
 # Units that the base disk's stack packages enabled, held back by packer/scripts/build-base-disk.sh so the build VM

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# step: the app as an immutable release: /srv/kiln/releases/<version>/{app,venv,static} + current symlink
+# step: the app as an immutable release: /srv/kiln/releases/<version>/{app,venv,static,kiln-app.env} + current symlink,
+#       and the app's server config rendered from its contract (worker groups, timers, nginx locations)
 set -euo pipefail
 # shellcheck source=provision/lib/common.sh
 . "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
@@ -10,6 +11,10 @@ for f in "$KILN_PROVISION_DIR"/distro/*.sh; do
   install_file "$f" "/usr/local/lib/kiln/distro/$(basename "$f")" 0644 || true
 done
 put usr/local/sbin/kiln-release 0755 || true
+# The app contract's reader (kiln-release checks and renders with it) and Kiln's readiness check of any app.
+put usr/local/lib/kiln/kiln_app.py 0644 || true
+put usr/local/lib/kiln/kiln_ready.py 0755 || true
+ensure_symlink ../lib/kiln/kiln_ready.py /usr/local/bin/kiln-ready || true
 
 before=$(readlink /srv/kiln/current 2>/dev/null || true)
 KILN_PROVISION_DIR=/usr/local/lib/kiln /usr/local/sbin/kiln-release deploy "$KILN_APP_SRC" ${KILN_VERSION:+"$KILN_VERSION"}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# step: Supervisor (under systemd, Restart=always) running kiln-web (gunicorn) and kiln-worker (rq, 2 procs)
+# step: Supervisor (under systemd, Restart=always) running kiln-web (gunicorn) and the app's rq worker groups
 set -euo pipefail
 # shellcheck source=provision/lib/common.sh
 . "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
@@ -9,6 +9,7 @@ if put usr/local/bin/kiln-reap-group 0755; then need_restart kiln-web; need_rest
 if put usr/local/bin/kiln-gunicorn 0755; then need_restart kiln-web; fi
 if put usr/local/lib/kiln/gunicorn.conf.py; then need_restart kiln-web; fi
 if put usr/local/bin/kiln-rqworker 0755; then need_restart kiln-worker; fi
+# kiln-workers.conf, the worker groups' programs, is the app's: kiln-release renders it from the contract (step 40).
 if put etc/supervisor/conf.d/kiln.conf; then need_reload supervisor; fi
 if put etc/systemd/system/supervisor.service.d/kiln.conf; then need_restart daemon-reload; fi
 svc_enable supervisor.service || true

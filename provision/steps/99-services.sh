@@ -28,7 +28,10 @@ if systemctl is-active -q supervisor.service; then
   supervisorctl update >/dev/null
   if pending restart kiln-web; then act supervisorctl restart kiln-web; fi
   # graceful: TERM, then up to stopwaitsecs for a running job to finish
-  if pending restart kiln-worker; then act supervisorctl restart 'kiln-worker:*'; fi
+  # (the app's worker groups, if it has any: kiln-release renders them from its contract)
+  if pending restart kiln-worker && supervisorctl avail | grep -q '^kiln-worker:'; then
+    act supervisorctl restart 'kiln-worker:*'
+  fi
 else
   act systemctl start supervisor.service
 fi

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Fast provisioner test tier (no VM): Debian 13 rootfs (mmdebstrap, cached) -> provision/install.sh inside it ->
 # boot it with systemd-nspawn -> check first boot, services, nginx/HTTPS, app, worker -> second install.sh run must
-# change nothing -> reboot -> provision/cleanup.sh -> boot again = fresh first boot.
+# change nothing -> reboot -> provision/cleanup.sh -> boot again = fresh first boot -> a second app
+# (tests/fixtures/second-app: another contract in every key) provisioned onto it as `make image APP=` does, and the
+# same probes, parametrised by the current release's contract (/srv/kiln/current/kiln-app.env), run on it.
 # Usage: tests/provision/nspawn-check.sh        (root; exit 0 = all checks passed)
 #   KILN_NSPAWN_KEEP=1       keep the container rootfs afterwards (path printed)
 #   KILN_NSPAWN_INSTALL=booted   run the first install.sh in the booted container (like Packer/Vagrant) instead of
 #                                offline (default: offline, i.e. no systemd running, services start at first boot)
 #   KILN_NSPAWN_QUICK=1      skip the reboot and cleanup/fresh-boot phases
-#   KILN_NSPAWN_READY_MAX=3  seconds from container start to the first GET /readyz 200 allowed for the fresh
-#                            instance after cleanup.sh (the image's first boot: baked schema, no migrate)
-# Every boot prints its boot -> first /readyz 200 time and, for the app's boots, the critical chain of the units on
+#   KILN_NSPAWN_READY_MAX=3  seconds from container start to the first GET of the app's health path (the contract's
+#                            `health`: /readyz for the reference app) answered 200, allowed for the fresh instance
+#                            after cleanup.sh (the image's first boot: baked schema, no migrate)
+#   KILN_NSPAWN_SECOND_APP=0 skip the second app
+# Every boot prints its boot -> first health 200 time and, for the app's boots, the critical chain of the units on
 # that path, `systemd-analyze` and the top of `blame`.
 # The container shares the host network: it binds 80, 443, 3306, 6379, 6380 on the host while it runs.
 # shellcheck disable=SC2016  # many single-quoted snippets run inside the container on purpose
@@ -80,7 +84,9 @@ done
 # What Packer uploads: provision/ and app/ side by side; the build CA as a build input.
 install -d "$ROOT/opt/kiln-src/build-ca"
 cp -a "$REPO/provision" "$REPO/app" "$ROOT/opt/kiln-src/"
-find "$ROOT/opt/kiln-src/app" \( -name __pycache__ -o -name .venv -o -name staticfiles -o -name media \) -prune -exec rm -rf {} +
+cp -a "$REPO/tests/fixtures/second-app" "$ROOT/opt/kiln-src/second-app"
+find "$ROOT/opt/kiln-src/app" "$ROOT/opt/kiln-src/second-app" \( -name __pycache__ -o -name .venv -o -name staticfiles \
+  -o -name collected -o -name media \) -prune -exec rm -rf {} +
 cp /usr/local/share/ca-certificates/*.crt "$ROOT/opt/kiln-src/build-ca/" 2>/dev/null || true
 VERSION=nspawn-$(date -u +%Y%m%d%H%M%S)
 COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo uncommitted)
@@ -90,7 +96,7 @@ BIND=(--bind="$CACHE/apt-archives:/var/cache/apt/archives")   # apt .deb cache s
 # ---------------------------------------------------------------- container helpers
 now() { date +%s.%N; }
 secs_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
-boot() { # boot LOGNAME [app]: with "app", also time container start -> first GET /readyz 200 (READY_SECS)
+boot() { # boot LOGNAME [app]: with "app", also time container start -> first GET of the health path 200 (READY_SECS)
   local app=${2:-} t0 state="" deadline
   t0=$(now)
   READY_SECS=""
@@ -106,16 +112,16 @@ boot() { # boot LOGNAME [app]: with "app", also time container start -> first GE
   done
   [ -n "$INIT" ] || fatal "container init not found"
   export INIT
-  # Until systemd inside has finished starting up and (app) /readyz answered 200, polled every 0.1 s (the time is
+  # Until systemd inside has finished starting up and (app) the health path answered 200, polled every 0.1 s (the time is
   # the tier's headline figure), at most 240 s.
   deadline=$(( $(date +%s) + 240 ))
   while [ "$(date +%s)" -lt "$deadline" ]; do
-    if [ -n "$app" ] && [ -z "$READY_SECS" ] && readyz_200; then READY_SECS=$(secs_since "$t0"); fi
+    if [ -n "$app" ] && [ -z "$READY_SECS" ] && health_200; then READY_SECS=$(secs_since "$t0"); fi
     case $state in running|degraded|maintenance|stopping) [ -z "$app" ] || [ -n "$READY_SECS" ] && break ;;
       *) state=$(nsenter -t "$INIT" -a -- systemctl is-system-running 2>/dev/null || true) ;; esac
     sleep 0.1
   done
-  echo "  booted (init pid $INIT): system $state${app:+; boot -> first GET /readyz 200: ${READY_SECS:-none}s}"
+  echo "  booted (init pid $INIT): system $state${app:+; boot -> first GET $KILN_APP_HEALTH 200: ${READY_SECS:-none}s}"
   if [ "$state" != running ]; then
     cx systemctl --failed --no-legend --plain | sed 's/^/  failed unit: /'
   fi
@@ -138,7 +144,21 @@ wait_for() { # wait_for SECONDS DESCRIPTION CMD...
   for _ in $(seq "$n"); do "$@" >/dev/null 2>&1 && { ok "$d"; return 0; }; sleep 1; done
   bad "$d (after ${n}s)"; return 1
 }
-readyz_200() { [ "$(http_code http://127.0.0.1/readyz)" = 200 ]; }
+# The current release's contract (kiln-release writes it resolved next to the release): KILN_APP_* in this shell,
+# read from the rootfs whether or not the container runs. The probes below are parametrised by it.
+load_contract() {
+  local f=$ROOT/srv/kiln/current/kiln-app.env
+  [ -f "$f" ] || fatal "no $f: the release has no resolved contract"
+  # shellcheck source=/dev/null
+  . "$f"
+  if [ -z "${KILN_APP_WSGI:-}" ] || [ -z "${KILN_APP_HEALTH:-}" ]; then fatal "$f resolves no wsgi or health"; fi
+}
+# The health path through nginx: over HTTP where the site proxies it (rendered from the contract), HTTPS for '/'.
+health_url() { if [ "$KILN_APP_HEALTH" = / ]; then echo https://127.0.0.1/; else echo "http://127.0.0.1$KILN_APP_HEALTH"; fi; }
+health_200() { [ "$(http_code "$(health_url)")" = 200 ]; }
+# group_var GROUP FIELD: the field (QUEUES, PROCESSES) of a worker group of the contract, words
+group_var() { local v="KILN_APP_WORKERS_${1^^}_$2[*]"; v=${v//-/_}; echo "${!v}"; }
+worker_processes() { local g n=0; for g in "${KILN_APP_WORKERS[@]}"; do n=$((n + $(group_var "$g" PROCESSES))); done; echo "$n"; }
 
 snapshot() { # state that a no-op provisioning run must not change
   cx bash -c 'cd /etc && find . -xdev -type f ! -name "*.pid" -print0 | LC_ALL=C sort -z | xargs -0 sha256sum;
@@ -158,10 +178,72 @@ service_checks() { # service_checks PHASE
   done
   check "$1: stock redis-server.service masked" test "$(cx systemctl is-enabled redis-server.service 2>/dev/null)" = masked
   check "$1: first-boot marker = machine-id" cx bash -c '[ -s /etc/machine-id ] && cmp -s /etc/machine-id /var/lib/kiln/firstboot.done'
-  wait_for 60 "$1: supervisor: kiln-web + 2 kiln-worker RUNNING" \
-    bash -c "[ \$(nsenter -t $INIT -a -- supervisorctl status | grep -c RUNNING) -eq 3 ]"
-  wait_for 60 "$1: GET http://127.0.0.1/readyz -> 200 (nginx -> gunicorn -> DB, cache, queue)" readyz_200
-  check "$1: GET https://127.0.0.1/readyz -> 200 (self-signed, -k)" test "$(http_code https://127.0.0.1/readyz)" = 200
+  local workers; workers=$(worker_processes)
+  wait_for 60 "$1: supervisor: kiln-web + $workers rq worker(s) of groups ${KILN_APP_WORKERS[*]:-(none)} RUNNING" \
+    bash -c "[ \$(nsenter -t $INIT -a -- supervisorctl status | grep -c RUNNING) -eq $((1 + workers)) ]"
+  wait_for 60 "$1: GET $(health_url) -> 200 (nginx -> gunicorn -> the app's health path)" health_200
+  check "$1: GET https://127.0.0.1$KILN_APP_HEALTH -> 200 (self-signed, -k)" test "$(http_code "https://127.0.0.1$KILN_APP_HEALTH")" = 200
+  kiln_ready "$1"
+}
+kiln_ready() { # kiln_ready PHASE: Kiln's own readiness check: database, both Redis, the health path through nginx
+  local out rc=0
+  out=$(cx kiln-ready 2>&1) || rc=$?
+  if [ "$rc" -eq 0 ]; then ok "$1: kiln-ready: ready (database, cache, queue, GET $KILN_APP_HEALTH)"; else bad "$1: kiln-ready (rc $rc):"; fi
+  printf '%s\n' "$out" | sed 's/^/      /'
+}
+
+# One job on each of the given queues, enqueued on the instance's QUEUE_URL as the app's user: rq's work horse returns
+# its parent's pid, the rq worker that took the job. Prints "QUEUE PID" (or "QUEUE STATUS" when it did not finish).
+PROBE_JOBS='
+import sys, time
+from redis import Redis
+from rq import Queue
+env = {}
+for line in open("/etc/kiln/kiln.env").read().splitlines():
+    if "=" in line and not line.startswith("#"):
+        key, value = line.split("=", 1)
+        env[key] = value
+conn = Redis.from_url(env["QUEUE_URL"])
+jobs = {q: Queue(q, connection=conn).enqueue("os.getppid") for q in sys.argv[1:]}
+deadline = time.time() + 60
+for q, job in jobs.items():
+    while job.get_status(refresh=True) not in ("finished", "failed") and time.time() < deadline:
+        time.sleep(0.2)
+    print(q, job.return_value() if job.get_status() == "finished" else job.get_status())
+'
+app_probes() { # app_probes PHASE: what Kiln proves for every app, parametrised by the current release's contract
+  local f url g q out status pid prog group master
+  kiln_ready "$1"
+  f=$(cx find /srv/kiln/current/static/ -type f -name '*.css' | LC_ALL=C sort | head -1 || true)
+  url=$KILN_APP_STATIC_URL${f#/srv/kiln/current/static/}
+  check "$1: a static file of the release at the contract's static-url, served by nginx ($url: cache-control)" bash -c \
+    "[ -n '$f' ] && curl -sk -D - -o /dev/null 'https://127.0.0.1$url' | tr -d '\r' | grep -qi '^cache-control: max-age='"
+  local queues=()
+  for g in "${KILN_APP_WORKERS[@]}"; do
+    for q in $(group_var "$g" QUEUES); do [[ " ${queues[*]} " == *" $q "* ]] || queues+=("$q"); done
+  done
+  if [ ${#queues[@]} -gt 0 ]; then
+    out=$(cx runuser -u kiln -- /srv/kiln/current/venv/bin/python -c "$PROBE_JOBS" "${queues[@]}" 2>&1 || true)
+    status=$(cx supervisorctl status || true)
+    for q in "${queues[@]}"; do
+      pid=$(awk -v q="$q" '$1 == q {print $2}' <<<"$out")
+      prog=$(awk -v p="$pid," '$3 == "pid" && $4 == p {print $1}' <<<"$status")
+      group=${prog#kiln-worker:kiln-worker-}; group=${group%-*}
+      check "$1: a job on queue $q ran in rq worker ${prog:-?} (pid ${pid:-none}), of a group that takes $q" bash -c \
+        "[ -n '$prog' ] && [[ ' $(group_var "${group:-none}" QUEUES 2>/dev/null) ' == *' $q '* ]]"
+      [ -n "$prog" ] || printf '%s\n' "$out" | sed 's/^/      /'
+    done
+  fi
+  for g in "${KILN_APP_TIMERS[@]}"; do
+    check "$1: timer kiln-app-$g.timer enabled and active" test \
+      "$(cx systemctl is-enabled "kiln-app-$g.timer" 2>&1 || true) $(cx systemctl is-active "kiln-app-$g.timer" 2>&1 || true)" = "enabled active"
+    check "$1: timer $g: a run (systemctl start kiln-app-$g.service) succeeds, as the app's user" cx bash -c \
+      "systemctl start kiln-app-$g.service && [ \$(systemctl show -p Result --value kiln-app-$g.service) = success ] && [ \$(systemctl show -p User --value kiln-app-$g.service) = kiln ]"
+  done
+  master=$(cx cat /run/kiln/gunicorn.pid)
+  cx kill -9 "$master"
+  wait_for 60 "$1: kill -9 of gunicorn's master ($master) -> supervisor starts another, $KILN_APP_HEALTH 200 again" bash -c \
+    "m=\$(cx cat /run/kiln/gunicorn.pid 2>/dev/null); [ -n \"\$m\" ] && [ \"\$m\" != $master ] && [ \$(curl -sk -o /dev/null -w '%{http_code}' --max-time 5 $(health_url)) = 200 ]"
 }
 
 trust_store() { # the CA trust store's names, link targets and contents, read from the host (both install modes)
@@ -204,18 +286,21 @@ else
 fi
 
 # ---------------------------------------------------------------- 2. first boot
-say "boot: first boot of this instance"
+load_contract
+say "boot: first boot of this instance (app $KILN_APP_NAME $KILN_APP_VERSION)"
 boot first app
 service_checks "first boot"
 FIRSTBOOT_SECS=$READY_SECS
-echo "  first boot (no baked schema: migrates) -> first /readyz 200: ${FIRSTBOOT_SECS}s"
+echo "  first boot (no baked schema: migrates) -> first $KILN_APP_HEALTH 200: ${FIRSTBOOT_SECS}s"
 check "first boot: no schema record yet -> migrate ran, then recorded (/var/lib/kiln/schema.migrated)" bash -c \
   "cx journalctl -b -u kiln-firstboot -u kiln-firstboot-db --no-pager -o cat | grep -q 'running migrations: no record' && cx grep -qx 'RELEASE=$VERSION' /var/lib/kiln/schema.migrated"
 workers_after_web() { # workers_after_web PHASE: every rq worker of this boot waited until kiln-web served
-  local n line
-  for n in 0 1; do
-    line=$(cx grep 'kiln-rqworker' "/var/log/kiln/worker-$n.log" | tail -1 || true)
-    check "$1: rq worker $n started after kiln-web served (${line#"kiln-rqworker $n: "})" grep -q 'kiln-web serves after' <<<"$line"
+  local g n line
+  for g in "${KILN_APP_WORKERS[@]}"; do
+    for ((n = 0; n < $(group_var "$g" PROCESSES); n++)); do
+      line=$(cx grep 'kiln-rqworker' "/var/log/kiln/worker-$g-$n.log" | tail -1 || true)
+      check "$1: rq worker $g-$n started after kiln-web served (${line#"kiln-rqworker $g-$n: "})" grep -q 'kiln-web serves after' <<<"$line"
+    done
   done
 }
 workers_after_web "first boot"
@@ -230,7 +315,8 @@ check "/etc/kiln/kiln.env is 0640 root:kiln" test "$(cx stat -c '%a %U:%G' /etc/
 check "/etc/kiln/release has version/commit/date/distro" cx bash -c \
   "grep -qx 'KILN_VERSION=$VERSION' /etc/kiln/release && grep -qx 'KILN_COMMIT=$COMMIT' /etc/kiln/release && grep -q '^KILN_BUILD_DATE=20' /etc/kiln/release && grep -qx KILN_DISTRO=debian-13 /etc/kiln/release"
 check "redis auth files 0640 redis:redis" test "$(cx stat -c '%a %U:%G' /etc/redis/kiln-cache.auth.conf /etc/redis/kiln-queue.auth.conf | sort -u)" = "640 redis:redis"
-check "gunicorn workers = 2*CPU+1" test "$(cx pgrep -c -f 'gunicorn kiln.wsgi')" -eq $(( 2 * $(cx nproc) + 2 ))
+gunicorn_pattern() { local m=${KILN_APP_WSGI%%:*}; echo "gunicorn ${m//./[.]}"; }
+check "gunicorn ($KILN_APP_WSGI) workers = 2*CPU+1" test "$(cx pgrep -c -f "$(gunicorn_pattern)")" -eq $(( 2 * $(cx nproc) + 2 ))
 
 say "database, redis"
 check "MariaDB: flush_log_at_trx_commit=1, local_infile=0, bind 127.0.0.1" test \
@@ -291,7 +377,8 @@ fi
 cx supervisorctl stop kiln-web >/dev/null
 check "app down -> nginx's own 502 page" bash -c "[ \$(curl -sk -o $WORK/502.html -w '%{http_code}' https://127.0.0.1/records/) = 502 ] && grep -q kiln-50x $WORK/502.html"
 cx supervisorctl start kiln-web >/dev/null
-wait_for 30 "app back after start" readyz_200
+wait_for 30 "app back after start" health_200
+app_probes "reference app"
 
 say "logs, journal, retention (tests/infra/test_logs.py: the same on the VM)"
 lr_rc=0
@@ -380,8 +467,8 @@ run_install "$WORK/install-pending-2.log" 10 || { sed 's/^/  | /' "$WORK/install
 check "install.sh 10 applied the pending reload (log: 'pending from an earlier run', 'systemctl reload nginx.service')" \
   bash -c "grep -q 'pending from an earlier run' '$WORK/install-pending-2.log' && grep -q 'systemctl reload nginx.service' '$WORK/install-pending-2.log'"
 check "nothing pending afterwards (/var/lib/kiln/provision.pending gone)" bash -c "! cx test -e /var/lib/kiln/provision.pending"
-check "nginx reloaded, not restarted (pid $nginx_pid), and serving (/readyz 200)" bash -c \
-  "[ \"$(cx systemctl show -p ExecMainPID --value nginx.service)\" = '$nginx_pid' ] && [ '$(http_code https://127.0.0.1/readyz)' = 200 ]"
+check "nginx reloaded, not restarted (pid $nginx_pid), and serving ($KILN_APP_HEALTH 200)" bash -c \
+  "[ \"$(cx systemctl show -p ExecMainPID --value nginx.service)\" = '$nginx_pid' ] && [ '$(http_code "https://127.0.0.1$KILN_APP_HEALTH")' = 200 ]"
 
 if [ "${KILN_NSPAWN_QUICK:-0}" != 1 ]; then
   # -------------------------------------------------------------- 4. reboot (Packer: install, reboot, check)
@@ -439,12 +526,78 @@ if [ "${KILN_NSPAWN_QUICK:-0}" != 1 ]; then
   check "fresh instance: the app user works with its new password (records API over HTTPS)" test "$(http_code https://127.0.0.1/records/)" = 200
   workers_after_web "fresh instance"
   max=${KILN_NSPAWN_READY_MAX:-3}
-  check "fresh instance: boot -> first /readyz 200 in ${FRESH_SECS:-none}s <= ${max}s" \
+  check "fresh instance: boot -> first $KILN_APP_HEALTH 200 in ${FRESH_SECS:-none}s <= ${max}s" \
     awk -v s="${FRESH_SECS:-999}" -v m="$max" 'BEGIN { exit !(s <= m) }'
+fi
+
+REF_HEALTH=$KILN_APP_HEALTH
+if [ "${KILN_NSPAWN_SECOND_APP:-1}" != 0 ]; then
+  # -------------------------------------------------------------- 6. a second app: another contract in every key
+  say "a second app (tests/fixtures/second-app) onto this instance, as \`make image APP=\` bakes one: install.sh, KILN_APP_SRC"
+  t_app2=$(date +%s)
+  check "second app: its runtime package (file) is not installed yet" bash -c "! cx dpkg -s file >/dev/null 2>&1"
+  app2() { # app2 LOG: install.sh with the second app
+    cx env KILN_APP_SRC=/opt/kiln-src/second-app KILN_VERSION="$VERSION-second" KILN_COMMIT="$COMMIT" \
+      KILN_BUILD_CA_DIR=/opt/kiln-src/build-ca /opt/kiln-src/provision/install.sh >"$1" 2>&1
+  }
+  t0=$(date +%s)
+  app2 "$WORK/install-app2.log" || { sed 's/^/  | /' "$WORK/install-app2.log"; fatal "install.sh of the second app failed"; }
+  APP2_SECS=$(( $(date +%s) - t0 ))
+  grep -e 'kiln-release: ' -e '^==> kiln provision finished' "$WORK/install-app2.log" | sed 's/^/  | /'
+  load_contract
+  check "second app: current -> releases/$VERSION-second ($KILN_APP_NAME $KILN_APP_VERSION, wsgi $KILN_APP_WSGI)" \
+    test "$(cx readlink /srv/kiln/current) $KILN_APP_NAME" = "releases/$VERSION-second kiln-second-app"
+  check "second app: its release commands ran before the switch, in order (check --deploy, migrate)" bash -c \
+    "grep -o 'manage.py [a-z]*' '$WORK/install-app2.log' | head -2 | xargs | grep -qx 'manage.py check manage.py migrate' && grep -n -e 'release command' -e 'current ->' '$WORK/install-app2.log' | tail -1 | grep -q 'current ->'"
+  check "second app: its runtime package file installed, as wanted (not auto)" cx bash -c \
+    'dpkg -s file | grep -q "ok installed" && ! apt-mark showauto file | grep -q .'
+  check "second app: no compiler left after its release was built from the index" \
+    cx bash -c '! command -v gcc && ! command -v cc && ! dpkg -s build-essential 2>/dev/null | grep -q "ok installed"'
+  programs=$(cx supervisorctl status | awk '{print $1}' | LC_ALL=C sort | xargs || true)
+  check "second app: supervisor runs its worker groups only (urgent: 1, bulk: 2): $programs" test "$programs" = \
+    "kiln-web kiln-worker:kiln-worker-bulk-0 kiln-worker:kiln-worker-bulk-1 kiln-worker:kiln-worker-urgent-0"
+  for prog in kiln-worker-urgent-0:urgent kiln-worker-bulk-0:bulk kiln-worker-bulk-1:bulk; do
+    check "second app: ${prog%:*} runs rq on queue ${prog#*:} only" bash -c "cx cat /proc/\$(cx supervisorctl pid kiln-worker:${prog%:*})/cmdline | tr '\\0' ' ' | grep -q 'manage.py rqworker --with-scheduler ${prog#*:} \$'"
+  done
+  service_checks "second app"
+  workers_after_web "second app"
+  check "second app: gunicorn serves $KILN_APP_WSGI (2*CPU+1 workers)" test "$(cx pgrep -c -f "$(gunicorn_pattern)")" -eq $(( 2 * $(cx nproc) + 2 ))
+  check "second app: the reference app's /readyz is not routed by nginx any more (HTTP -> redirect)" \
+    test "$(http_code http://127.0.0.1/readyz)" = 301
+  check "second app: /static/ is no static location any more (the app answers: 404)" \
+    test "$(http_code https://127.0.0.1/static/admin/css/base.css)" = 404
+  # Its own work, observable through its pages: a job on each queue, run by its code in its workers.
+  for q in urgent bulk; do
+    cx runuser -u kiln -- env -i PATH=/usr/bin:/bin HOME=/srv/kiln LANG=C.UTF-8 KILN_ENV_FILE=/etc/kiln/kiln.env \
+      DJANGO_SETTINGS_MODULE="$KILN_APP_SETTINGS" /srv/kiln/current/venv/bin/python /srv/kiln/current/app/manage.py \
+      enqueue "$q" >/dev/null
+  done
+  wait_for 30 "second app: its jobs on urgent and bulk ran (its home page through nginx: urgent: 1, bulk: 1)" bash -c \
+    "curl -sk --max-time 5 https://127.0.0.1/ | grep -q '<li>urgent: 1</li>' && curl -sk --max-time 5 https://127.0.0.1/ | grep -q '<li>bulk: 1</li>'"
+  app_probes "second app"
+  media=$(cx sed -n 's/^MEDIA_ROOT=//p' /etc/kiln/kiln.env)
+  check "second app: its timer's run (manage.py snapshot) wrote MEDIA_ROOT/snapshots/*.txt with the tallies" cx bash -c \
+    "grep -qx 'urgent 1' $media/snapshots/*.txt && [ \$(stat -c %U $media/snapshots) = kiln ]"
+  check "second app: its home page lists the snapshot with file's MIME type (its runtime package at work)" bash -c \
+    "curl -sk --max-time 5 https://127.0.0.1/ | grep -q '\.txt (text/plain)</li>'"
+  sleep 2
+  snapshot >"$WORK/snap-app2-1.txt"
+  t0=$(date +%s)
+  app2 "$WORK/install-app2-again.log" || { sed 's/^/  | /' "$WORK/install-app2-again.log"; fatal "second install.sh of the second app failed"; }
+  snapshot >"$WORK/snap-app2-2.txt"
+  tail -1 "$WORK/install-app2-again.log" | sed -u 's/^/  | /'
+  check "second app: a second install.sh run reports 0 changes ($(( $(date +%s) - t0 ))s)" grep -q ': 0 change(s)' "$WORK/install-app2-again.log"
+  if diff -u "$WORK/snap-app2-1.txt" "$WORK/snap-app2-2.txt" >"$WORK/snap-app2.diff"; then
+    ok "second app: checksums of /etc, /srv/kiln, /usr/local, dpkg list, pip freeze, service PIDs unchanged"
+  else
+    bad "second app: state changed by the second run:"; head -40 "$WORK/snap-app2.diff" | sed 's/^/      /'
+  fi
+  APP2_TOTAL=$(( $(date +%s) - t_app2 ))
 fi
 
 say "summary"
 echo "  install.sh (first run, $MODE): ${INSTALL_SECS}s; second run: ${SECOND_SECS}s"
-echo "  boot -> first GET /readyz 200: first boot ${FIRSTBOOT_SECS:-none}s (migrates)${REBOOT_SECS:+, reboot ${REBOOT_SECS}s}${FRESH_SECS:+, fresh instance after cleanup.sh ${FRESH_SECS}s (baked schema)}"
+[ -z "${APP2_SECS:-}" ] || echo "  second app: install.sh ${APP2_SECS}s; its phase in all ${APP2_TOTAL}s"
+echo "  boot -> first GET $REF_HEALTH 200: first boot ${FIRSTBOOT_SECS:-none}s (migrates)${REBOOT_SECS:+, reboot ${REBOOT_SECS}s}${FRESH_SECS:+, fresh instance after cleanup.sh ${FRESH_SECS}s (baked schema)}"
 if [ "$FAILS" -gt 0 ]; then echo "  $FAILS check(s) FAILED"; exit 1; fi
 echo "  all checks passed in $(( $(date +%s) - T_START ))s"

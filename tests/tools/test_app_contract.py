@@ -252,6 +252,31 @@ BAD = {
             "(a systemd OnCalendar= expression, e.g. 'daily')"
         ],
     ),
+    "health_path_with_nginx_syntax": (
+        '[tool.kiln]\nhealth = "/up;return"\n',
+        [
+            "tool.kiln.health in mysite/pyproject.toml: '/up;return' must be a URL path: '/', then letters, "
+            "digits and ._~!&()*+,=:@%/- (no query)"
+        ],
+    ),
+    "static_url_over_kiln_media_location": (
+        '[tool.kiln]\nstatic-url = "/media/static/"\n',
+        ["tool.kiln.static-url in mysite/pyproject.toml: '/media/static/' overlaps /media/, which nginx serves itself"],
+    ),
+    "static_url_at_the_root": (
+        '[tool.kiln]\nstatic-url = "/"\n',
+        [
+            "tool.kiln.static-url in mysite/pyproject.toml: '/' must be a URL path beginning and ending with '/', "
+            "not '/' alone"
+        ],
+    ),
+    "timer_calendar_of_two_lines": (
+        '[tool.kiln.timers]\nsessions = { command = "clearsessions", on-calendar = "daily\\n[Service]" }\n',
+        [
+            "tool.kiln.timers.sessions.on-calendar in mysite/pyproject.toml: 'daily\\n[Service]' must be one line "
+            "(a systemd OnCalendar= expression, e.g. 'daily')"
+        ],
+    ),
     "release_command_with_manage_py": (
         '[tool.kiln]\nrelease = ["python manage.py migrate"]\n',
         [
@@ -345,7 +370,8 @@ mail = { queues = ["mail"], processes = -1, extra = true }
     assert (rc, out) == (1, [])
     assert err == [
         "app-check: unknown key tool.kiln.wsgii in mysite/pyproject.toml (did you mean wsgi?)",
-        "app-check: tool.kiln.health in mysite/pyproject.toml: 'readyz' must be a URL path: '/' and no spaces",
+        "app-check: tool.kiln.health in mysite/pyproject.toml: 'readyz' must be a URL path: '/', then letters, digits "
+        "and ._~!&()*+,=:@%/- (no query)",
         "app-check: unknown key tool.kiln.workers.mail.extra in mysite/pyproject.toml",
         "app-check: tool.kiln.workers.mail.processes in mysite/pyproject.toml: must be at least 1, not -1",
         "app-check: tool.kiln.wsgi in mysite/pyproject.toml: no module mysite.nowsgi in the app "

@@ -7,6 +7,7 @@ it) and Kiln's own supervisor config from provision/, so a program log that lose
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +58,15 @@ childlogdir=/var/log/supervisor            ; ('AUTO' child log dir, default $TEM
 [include]
 files = /etc/supervisor/conf.d/*.conf
 """
-KILN_SUPERVISOR_CONF = (ROOT / "provision" / "files" / "etc" / "supervisor" / "conf.d" / "kiln.conf").read_text()
+# Kiln's own programs, then the reference app's worker groups as kiln-release renders them from its contract.
+_app_spec = importlib.util.spec_from_file_location(
+    "kiln_app", ROOT / "provision" / "files" / "usr" / "local" / "lib" / "kiln" / "kiln_app.py"
+)
+kiln_app = sys.modules["kiln_app"] = importlib.util.module_from_spec(_app_spec)  # dataclasses look their module up
+_app_spec.loader.exec_module(kiln_app)
+KILN_SUPERVISOR_CONF = (ROOT / "provision" / "files" / "etc" / "supervisor" / "conf.d" / "kiln.conf").read_text() + (
+    kiln_app.render(kiln_app.load(ROOT / "app", ((3, 13), "test")))["supervisor/kiln-workers.conf"]
+)
 
 FILES = [
     "/var/log/nginx/access.log",
@@ -67,8 +76,8 @@ FILES = [
     "/var/log/unattended-upgrades/unattended-upgrades-dpkg.log",
     "/var/log/kiln/web.log",
     "/var/log/kiln/web.log.5",
-    "/var/log/kiln/worker-0.log",
-    "/var/log/kiln/worker-1.log.2",
+    "/var/log/kiln/worker-default-0.log",
+    "/var/log/kiln/worker-default-1.log.2",
     "/var/log/supervisor/supervisord.log",
     "/var/log/supervisor/supervisord.log.1",
     "/var/log/journal/0123abcd/system@0006-0001.journal~",
@@ -87,7 +96,9 @@ def test_logcover_every_file_of_a_kiln_server_is_covered():
     result = classified()
     assert None not in result.values(), logcover.report(result)
     assert result["/var/log/nginx/access.log.2.gz"] == "logrotate"
-    assert result["/var/log/kiln/worker-1.log.2"].startswith("supervisord (program kiln-worker)"), result
+    assert result["/var/log/kiln/worker-default-1.log.2"].startswith("supervisord (program kiln-worker-default)"), (
+        result
+    )
     assert result["/var/log/journal/0123abcd/system@0006-0001.journal~"].startswith("not by logrotate: journald")
 
 
@@ -102,7 +113,7 @@ def test_logcover_a_program_log_without_rotation_is_not_covered():
     unrotated = KILN_SUPERVISOR_CONF.replace("stdout_logfile_maxbytes=20MB", "stdout_logfile_maxbytes=0")
     result = classified(supervisor=(DEBIAN_SUPERVISORD_CONF, unrotated))
     assert result["/var/log/kiln/web.log"] is None, logcover.report(result)
-    assert result["/var/log/kiln/worker-0.log"] is None, logcover.report(result)
+    assert result["/var/log/kiln/worker-default-0.log"] is None, logcover.report(result)
 
 
 def test_logcover_supervisord_limits_set_in_an_included_file_apply():

@@ -8,6 +8,7 @@ Nothing of the app is imported; standard library only (Python >= 3.11: the build
 
   kiln_app.py check APP_DIR [--python X.Y | --distro NAME]   "app-check: NAME VERSION: ok", or every problem, one a line
   kiln_app.py show  APP_DIR [--format json|env] [same target]  the resolved contract (env: KILN_APP_*=... lines, bash)
+  kiln_app.py render APP_DIR --out DIR [same target]           the app's server config (supervisor, systemd, nginx)
   kiln_app.py docs                                              the keys as a Markdown table
 
 The target Python (whose version must be in the app's range): --python, or the PYTHON_VERSION of the distro profile
@@ -47,6 +48,10 @@ HASH_RE = re.compile(r"--hash[=\s]+sha256:[0-9a-fA-F]{64}(?![0-9a-fA-F])")
 VERSION = r"\d+(?:\.\d+)*"
 CLAUSE_RE = re.compile(rf"\s*(>=|<=|==|!=|>|<)\s*({VERSION})(\.\*)?\s*")
 RANGE_HELP = "comparators >=, >, <=, <, ==, != with versions such as 3.12, joined by commas: '>=3.11,<3.14'"
+# URL paths go into nginx's configuration verbatim: RFC 3986 path characters, without ; $ ' (nginx syntax).
+URL_PATH_PUNCTUATION = "._~!&()*+,=:@%/-"
+URL_PATH = rf"/[A-Za-z0-9{re.escape(URL_PATH_PUNCTUATION)}]*"
+NGINX_PATHS = ("/media/", "/kiln-errors/", "/.well-known/")  # locations of Kiln's nginx site (the static URL's peers)
 
 
 # --- the value rules: each returns the problem with the value, or None ---
@@ -124,11 +129,16 @@ def check_commands(value: list[str]) -> str | None:
 
 
 def check_url_path(value: str) -> str | None:
-    return None if re.fullmatch(r"/\S*", value) else f"{value!r} must be a URL path: '/' and no spaces"
+    if not re.fullmatch(URL_PATH, value):
+        return f"{value!r} must be a URL path: '/', then letters, digits and {URL_PATH_PUNCTUATION} (no query)"
+    return None
 
 
 def check_static_url(value: str) -> str | None:
-    return None if re.fullmatch(r"/\S*/", value) else f"{value!r} must be a URL path beginning and ending with '/'"
+    if not re.fullmatch(URL_PATH, value) or not value.endswith("/") or value == "/":
+        return f"{value!r} must be a URL path beginning and ending with '/', not '/' alone"
+    taken = next((p for p in NGINX_PATHS if value.startswith(p) or p.startswith(value)), None)
+    return f"{value!r} overlaps {taken}, which nginx serves itself" if taken else None
 
 
 def check_queue_names(value: list[str]) -> str | None:
@@ -147,6 +157,8 @@ def check_processes(value: int) -> str | None:
 def check_calendar(value: str) -> str | None:
     if not value.strip():
         return "must not be empty (a systemd OnCalendar= expression, e.g. 'daily')"
+    if any(ord(c) < 32 for c in value):
+        return f"{value!r} must be one line (a systemd OnCalendar= expression, e.g. 'daily')"
     if shutil.which("systemd-analyze") is None:  # not a systemd machine: the expression is checked where it runs
         return None
     try:
@@ -600,6 +612,140 @@ def env_lines(app: App) -> list[str]:
     return lines
 
 
+# --- the server's configuration of the app, rendered by kiln-release at every switch ---
+CURRENT = "/srv/kiln/current"  # the current release: app/, venv/, static/, kiln-app.env
+ENV_FILE = "/etc/kiln/kiln.env"  # the instance's settings, which the app reads (KILN_ENV_FILE)
+APP_ENV = f"KILN_ENV_FILE={ENV_FILE} HOME=/srv/kiln LANG=C.UTF-8 PYTHONUNBUFFERED=1"
+RENDERED = "Rendered by kiln-release from the current release's contract ([tool.kiln] of its pyproject.toml)"
+SYSTEMD_SAFE = re.compile(r"[A-Za-z0-9_./:=,+@-]+")
+
+
+def systemd_word(word: str) -> str:
+    """One word of an ExecStart= line: quoted unless plain; specifiers (%) and variables ($) taken literally."""
+    if not SYSTEMD_SAFE.fullmatch(word):
+        word = '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return word.replace("%", "%%").replace("$", "$$")
+
+
+def supervisor_workers(c: dict[str, Any]) -> str:
+    """supervisord's programs for the rq worker groups: one program per group, all in the group kiln-worker."""
+    programs = [f"kiln-worker-{name}" for name in c["workers"]]
+    out = [
+        f"; {RENDERED}: do not edit.",
+        "; One program per rq worker group (kiln-rqworker GROUP N reads the group's queues from kiln-app.env, so a",
+        "; deploy's changed queues take effect at its graceful worker restart), all in the group kiln-worker:",
+        "; `supervisorctl restart 'kiln-worker:*'` restarts every worker.",
+        "[group:kiln-worker]",
+        f"programs={','.join(programs)}",
+        "; after kiln-web (100): kiln-rqworker waits (bounded) until kiln-web serves",
+        "priority=200",
+    ]
+    for name, group in c["workers"].items():
+        out += [
+            "",
+            f"[program:kiln-worker-{name}]",
+            f"; worker group {name}: queues {' '.join(group['queues'])}. kiln-rqworker execs rq, so SIGTERM reaches",
+            "; it (warm shutdown: the current job finishes).",
+            f"command=/usr/local/bin/kiln-rqworker {name} %(process_num)d",
+            "priority=200",
+            "process_name=%(program_name)s-%(process_num)d",
+            f"numprocs={group['processes']}",
+            "user=kiln",
+            "directory=/srv/kiln",
+            f'environment=KILN_ENV_FILE="{ENV_FILE}",HOME="/srv/kiln",LANG="C.UTF-8",PYTHONUNBUFFERED="1"',
+            "autostart=true",
+            "autorestart=true",
+            "startsecs=5",
+            "startretries=100",
+            "stopsignal=TERM",
+            "; >= the longest job's timeout + margin (the reference app's EXPORT_JOB_TIMEOUT: 300)",
+            "stopwaitsecs=360",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile=/var/log/kiln/worker-{name}-%(process_num)d.log",
+            "stdout_logfile_maxbytes=20MB",
+            "stdout_logfile_backups=5",
+        ]
+    return "\n".join(out) + "\n"
+
+
+def timer_units(c: dict[str, Any], name: str) -> tuple[str, str]:
+    """(service, timer) of a scheduled command: manage.py COMMAND as the app's user with the instance's settings."""
+    timer = c["timers"][name]
+    words = [f"{CURRENT}/venv/bin/python", f"{CURRENT}/app/manage.py", *shlex.split(timer["command"])]
+    service = f"""\
+# {RENDERED}: do not edit.
+[Unit]
+Description=Kiln app timer {name}: manage.py {timer["command"]}
+# The app's database user and settings exist once first boot is done; Redis may be what the command uses.
+After=kiln-firstboot-db.service redis-server@cache.service redis-server@queue.service
+
+[Service]
+Type=oneshot
+User=kiln
+Group=kiln
+WorkingDirectory={CURRENT}/app
+Environment={APP_ENV} DJANGO_SETTINGS_MODULE={c["settings"]}
+ExecStart={" ".join(map(systemd_word, words))}
+Nice=10
+NoNewPrivileges=yes
+PrivateTmp=yes
+ProtectSystem=full
+"""
+    unit = f"""\
+# {RENDERED}: do not edit.
+[Unit]
+Description=Kiln app timer {name} (kiln-app-{name}.service)
+
+[Timer]
+OnCalendar={timer["on-calendar"]}
+# A server that was off at that time catches up once it runs again.
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+"""
+    return service, unit
+
+
+def nginx_snippets(c: dict[str, Any]) -> dict[str, str]:
+    """The app's locations in Kiln's nginx site: static files (HTTPS server), the health path (HTTP server)."""
+    https = f"""\
+# {RENDERED}: do not edit.
+# Included by the HTTPS server of /etc/nginx/sites-available/kiln.
+# The static files (static-url) from the current release's static/ (collectstatic's output, or a link to static-root).
+location ^~ {c["static-url"]} {{
+    alias {CURRENT}/static/;
+    # 7 days, not a year: file names need not be hashed (ManifestStaticFilesStorage would allow `expires max` +
+    # immutable). Each release has its own static dir, switched with `current`.
+    expires 7d;
+    access_log off;
+}}
+"""
+    http = f"# {RENDERED}: do not edit.\n# Included by the HTTP server of /etc/nginx/sites-available/kiln.\n"
+    if c["health"] in ("/", "/healthz"):
+        http += f"# The health path {c['health']} gets no location of its own here (the site serves it as it is).\n"
+    else:
+        http += (
+            "# The app's health path, over plain HTTP too: load balancers' probes and kiln-ready.\n"
+            f"location = {c['health']} {{ include /etc/nginx/snippets/kiln-proxy.conf; }}\n"
+        )
+    return {"kiln-app.conf": https, "kiln-app-http.conf": http}
+
+
+def render(app: App) -> dict[str, str]:
+    """The app's server configuration, {path under the output folder: content}: supervisor/kiln-workers.conf (no
+    file: no worker group), systemd/kiln-app-NAME.{service,timer} per timer, nginx/kiln-app{,-http}.conf."""
+    c = app.contract
+    files = {f"nginx/{name}": text for name, text in nginx_snippets(c).items()}
+    if c["workers"]:
+        files["supervisor/kiln-workers.conf"] = supervisor_workers(c)
+    for name in c["timers"]:
+        files[f"systemd/kiln-app-{name}.service"], files[f"systemd/kiln-app-{name}.timer"] = timer_units(c, name)
+    return files
+
+
 def docs() -> str:
     def default(key: Key) -> str:
         if key.shown:
@@ -642,8 +788,10 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="check an app's contract: every problem, one a line")
     show = sub.add_parser("show", help="the resolved contract, defaults filled in")
     show.add_argument("--format", choices=("json", "env"), default="json")
+    rend = sub.add_parser("render", help="the server's configuration of the app, written into --out (kiln-release)")
+    rend.add_argument("--out", metavar="DIR", type=Path, required=True, help="an empty or new folder")
     sub.add_parser("docs", help="the contract's keys as a Markdown table")
-    for p in (check, show):
+    for p in (check, show, rend):
         p.add_argument("app_dir", metavar="APP_DIR", type=Path, help="the folder with manage.py")
         target = p.add_mutually_exclusive_group()
         target.add_argument("--python", metavar="X.Y", help="the target Python version")
@@ -669,6 +817,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.command == "check":
         print(f"{PREFIX}{app.name} {app.version}: ok")
+    elif args.command == "render":
+        for rel, text in render(app).items():
+            (args.out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (args.out / rel).write_text(text, encoding="utf-8")
+            print(rel)
     elif args.format == "env":
         print("\n".join(env_lines(app)))
     else:

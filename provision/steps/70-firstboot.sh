@@ -29,6 +29,8 @@ svc_enable kiln-supervisor-kick.service || true
 # The boot-only units on the path to the first served request get a larger one: cloud-init's single process (every
 # unit waits for its network stage) and both first-boot stages; the boot-only work beside that path a smaller one:
 # SSH host-key generation and unattended-upgrades' shutdown helper, which only waits for a signal after its start.
+# cloud-init's weight is dropped back to the default once its network stage is done (kiln-firstboot.service): its
+# later stages are not on that path.
 # Long-running services keep the default weight (systemd 257 does not drop a StartupCPUWeight= once the boot
 # finished, so the web's share at run time would change): no unit is starved, each only yields while others need
 # the CPU. Setting a weight turns on the cgroup cpu controller for system.slice: services then share the CPU per

@@ -54,10 +54,15 @@ find /var/lib/redis/cache /var/lib/redis/queue -mindepth 1 -delete 2>/dev/null |
 # key pairs; it makes new ones at the next start. (MariaDB writes neither.)
 rm -f /var/lib/mysql/auto.cnf /var/lib/mysql/*.pem
 
-step "remove per-instance secrets, env, TLS, first-boot marker, uploaded media, app logs"
+step "remove per-instance secrets, env, sizing, swap, TLS, first-boot marker, uploaded media, app logs"
 rm -f /etc/kiln/secrets.env /etc/kiln/kiln.env /etc/kiln/overrides.env /var/lib/kiln/firstboot.done \
   /var/lib/kiln/provision.pending
 rm -f /etc/redis/kiln-cache.auth.conf /etc/redis/kiln-queue.auth.conf
+# Sized for the build VM by kiln-firstboot: each instance sizes itself (its memory) at its first boot.
+rm -f "$DB_CONF_DIR/$KILN_DB_SIZING_CNF"
+if grep -q "^$KILN_SWAPFILE " /proc/swaps 2>/dev/null; then swapoff "$KILN_SWAPFILE" || die "swapoff $KILN_SWAPFILE failed"; fi
+rm -f "$KILN_SWAPFILE"
+sed -i "\\#^$KILN_SWAPFILE #d" /etc/fstab || die "cannot remove $KILN_SWAPFILE from /etc/fstab"
 find /etc/kiln/tls -mindepth 1 -delete 2>/dev/null || true
 find /srv/kiln/shared/media -mindepth 1 -delete 2>/dev/null || true
 

@@ -181,6 +181,14 @@ svc_mask() { # stop (if running), disable and mask a unit
 
 # Disk use at which disk_check warns, in percent of a file system's blocks.
 KILN_DISK_WARN_PCT=80
+
+# Per-instance sizing by kiln-firstboot (its memory), removed from the image by cleanup.sh: the swap file, and the
+# database server's option file (in the distro's $DB_CONF_DIR) with the buffer pool.
+# shellcheck disable=SC2034  # used by kiln-firstboot and cleanup.sh
+KILN_SWAPFILE=/swapfile.kiln
+# shellcheck disable=SC2034
+KILN_DB_SIZING_CNF=91-kiln-sizing.cnf
+
 # disk_check [PATH...]: the use of each file system holding a PATH (default / and /srv, each file system once), one
 # line each; a warning (stderr) for each at KILN_DISK_WARN_PCT or above. It never fails: a full disk is news for the
 # operator, not a reason to stop what called it. The one disk check of Kiln: packer/scripts/guest-verify.sh (the

@@ -6,9 +6,11 @@ import pytest
 
 from kilnlib import (
     FIRSTBOOT_UNITS,
+    GUNICORN_PID,
     SERVICES,
     SOCKET,
     app_processes,
+    env_file,
     out,
     supervisor_text,
     unit_evidence,
@@ -159,3 +161,25 @@ def test_release_symlink_and_stamp(host):
     stamp = out(host, "cat /etc/kiln/release")
     for key in ("KILN_VERSION", "KILN_COMMIT", "KILN_BUILD_DATE", "KILN_DISTRO"):
         assert f"{key}=" in stamp, stamp
+
+
+def test_sizes_follow_the_instance_memory_and_cpus(host):
+    # kiln-firstboot sizes the server from its memory at first boot (a 1 GB VPS must not OOM): what runs is what it
+    # chose, and what it chose follows its rule for this instance (the rule is in kiln-firstboot's sizing block).
+    mem_kb = int(out(host, "sed -n 's/^MemTotal: *\\([0-9]*\\) kB$/\\1/p' /proc/meminfo"))
+    mem_mb = (mem_kb // 1024 + 511) // 512 * 512  # the nominal size: the kernel keeps some
+    cpus = int(out(host, "nproc"))
+    env = env_file(host)
+    workers = int(env["KILN_WEB_WORKERS"])
+    assert workers == max(2, min(2 * cpus + 1, mem_mb // 256)), f"{mem_mb} MB, {cpus} CPUs: {workers} web workers"
+    gunicorn = app_processes(host)
+    running = [p for p in gunicorn if "gunicorn" in p.args and p.ppid == int(out(host, f"cat {GUNICORN_PID}"))]
+    assert len(running) == workers, f"gunicorn workers running: {len(running)}, KILN_WEB_WORKERS={workers}"
+    pool_mb = int(out(host, "mariadb -N -e 'SELECT @@innodb_buffer_pool_size'")) // (1024 * 1024)
+    assert pool_mb == min(2048, max(128, mem_mb // 8 // 128 * 128)), f"{mem_mb} MB: InnoDB buffer pool {pool_mb} MB"
+    swaps = out(host, "cat /proc/swaps")
+    if mem_mb < 2048:
+        assert "/swapfile.kiln" in swaps, f"{mem_mb} MB of memory and no swap:\n{swaps}"
+    else:
+        assert "/swapfile.kiln" not in swaps, swaps
+    print(f"{mem_mb} MB, {cpus} CPUs: {workers} web workers, buffer pool {pool_mb} MB, swaps:\n{swaps}")

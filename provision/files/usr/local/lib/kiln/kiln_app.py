@@ -256,7 +256,8 @@ SCHEMA: dict[str, Key] = {
     ),
     "health": Key(
         "string",
-        "the path Kiln's readiness check GETs through nginx, after its own database and Redis checks",
+        "the path Kiln's readiness check GETs through nginx, after its own database and Redis checks: it must answer "
+        "2xx (`/admin/login/` does, `/admin/` redirects)",
         "/",
         check=check_url_path,
     ),

@@ -6,7 +6,8 @@ credentials and the distro's client: SELECT 1), the cache Redis (CACHE_URL: PING
 write, SET NX of one key, which a full noeviction Redis refuses; a PING when the app has no worker groups), then a
 GET of the app's health path (`health` of the current release's contract) through nginx: http://127.0.0.1 for a
 path of its own (the site's HTTP server proxies it), https://127.0.0.1 for '/' (certificate not checked), with the
-first name of ALLOWED_HOSTS as Host. A 2xx or 3xx answer is ready. Every check runs, whatever failed before.
+first name of ALLOWED_HOSTS as Host. A 2xx answer is ready (not a redirect: nginx's own HTTP -> HTTPS redirect is
+one). Every check runs, whatever failed before.
 
   kiln-ready [--env FILE] [--app FILE] [--quiet]   exit 0 ready, 1 not ready (the failed checks named), 2 usage
 
@@ -185,7 +186,7 @@ def check_http(path: str, allowed_hosts: str) -> str:
         raise NotReady(f"GET {url} (Host: {host}): {exc}") from None
     finally:
         conn.close()
-    if not 200 <= status < 400:
+    if not 200 <= status < 300:
         raise NotReady(f"GET {url} (Host: {host}) -> {status}")
     return f"GET {url} (Host: {host}) -> {status}"
 

@@ -6,6 +6,9 @@
 #      self-signed), read its identity over SSH (seed key, sudo)
 #   2. instance B from the same image: the same, and it must differ from A in SECRET_KEY, database password, SSH host
 #      keys (fingerprints) and /etc/machine-id
+#   3. instance B is a 1 GB VPS (B_MEM), the most common size: kiln-firstboot sized it from its memory (web workers,
+#      InnoDB buffer pool, a swap file), and a bounded load loop over HTTPS (pages from the database, the cache, static
+#      files, the login form) gets no error and makes no OOM kill
 # The serial console is watched: a kernel panic is reported as such and that boot is retried once; a boot whose
 # console stops growing before systemd runs (e.g. stuck at "Loading Linux ...") fails after KERNEL_STALL seconds
 # ("no kernel progress after N s: stuck at <last line>") instead of waiting until BOOT_TIMEOUT. The boot and that
@@ -18,7 +21,8 @@
 # Usage: tests/image/boot-check.sh [IMAGE.qcow2]
 # Env: DISTRO [debian-13]; IMAGE [newest build/<distro>/kiln-<distro>-*.qcow2]; ACCEL kvm|tcg [probe];
 #      BOOT_TIMEOUT [900] seconds per boot until /readyz 200; KERNEL_STALL [60] seconds without new console output
-#      before systemd runs; SMP [2]; MEM [2048]; KEEP_LOGS=1 keeps the work dir;
+#      before systemd runs; SMP [2]; MEM [2048] (instance a); B_MEM [1024] (instance b); LOAD_REQUESTS [3000] of the
+#      load loop on b; KEEP_LOGS=1 keeps the work dir;
 #      KILN_LYNIS_BG=DIR (make test): once the check passed, instance b stays up and is audited by
 #      tests/hardening/lynis-bg.sh in DIR, beside the infra suites, which hold b (DIR/vm-ctl) while a suite that times
 #      things runs, and whose Lynis test collects the audit; the audit's end stops the VM (DIR/on-done).
@@ -139,10 +143,45 @@ profile() { # profile NAME: what lay on the path to the first /readyz 200, and h
 }
 
 
+small_vps() { # small_vps NAME: sized from its memory, and a load loop makes no OOM kill and no 5xx
+  local n=$1 sizing urls codes bad path t0
+  sizing=$(grep -o 'kiln-firstboot: sizing: .*' "$work/$n.profile" || true)
+  [ -n "$sizing" ] || fail "$n: kiln-firstboot logged no sizing"
+  # The rule (kiln-firstboot) for a 1 GB VPS with 2 vCPUs: 4 web workers (one per 256 MB), a 128 MB buffer pool, 1 GB
+  # of swap.
+  case $sizing in
+    *": 1024 MB, 2 CPU(s): 4 web workers, InnoDB buffer pool 128 MB, swap 1024 MB") ;;
+    *) fail "$n: sized as \"$sizing\", expected 4 web workers, a 128 MB buffer pool and 1024 MB of swap for 1 GB" ;;
+  esac
+  # Bounded: LOAD_REQUESTS requests, 8 at a time, over the pages a visitor reaches without an account (curl: one -o
+  # per URL argument, its glob's transfers included).
+  urls=()
+  for path in /records/ /api/records/ /accounts/login/ /static/admin/css/base.css; do
+    urls+=(-o /dev/null "https://127.0.0.1:$P443$path?n=[1-$(( ${LOAD_REQUESTS:-3000} / 4 ))]")
+  done
+  t0=$(date +%s)
+  codes=$(curl -sk -Z --parallel-max 8 -m 60 -w '%{http_code}\n' "${urls[@]}" 2>/dev/null | sort | uniq -c | xargs)
+  say "$n: load loop of ${LOAD_REQUESTS:-3000} requests in $(( $(date +%s) - t0 ))s: $codes (count code)"
+  bad=$(awk '{for (i = 2; i <= NF; i += 2) if ($i !~ /^[23]/) print $(i-1) " x " $i}' <<<"$codes")
+  [ -z "$bad" ] || fail "$n: the load loop got answers other than 2xx/3xx: $bad"
+  # shellcheck disable=SC2016  # expanded in the guest
+  vssh 'sudo sh -c '\''
+    echo "== oom"; journalctl -k -b --no-pager -o cat | grep -iE "out of memory|oom-kill|invoked oom-killer" || true
+    echo "== memory"; free -m | sed -n "2,3p"; sed -n "2,\$p" /proc/swaps
+    echo "== supervisor"; supervisorctl status
+  '\''' >"$work/$n.load" || fail "$n: reading memory and programs over SSH failed"
+  sed 's/^/    /' "$work/$n.load"
+  [ -z "$(section "$work/$n.load" oom)" ] || fail "$n: the kernel killed a process for memory (above)"
+  if section "$work/$n.load" supervisor | grep -v RUNNING | grep -q .; then
+    fail "$n: a program is not RUNNING after the load loop"
+  fi
+  say "$n: a 1 GB VPS: ${sizing#kiln-firstboot: sizing: }; no OOM kill, every answer 2xx/3xx"
+}
+
 say "image $IMAGE ($(du -h "$IMAGE" | cut -f1)), accelerator $ACCEL"
 start=$(date +%s)
 boot_retry a boot; A_SECS=$BOOT_SECS; inspect a; stop_vm # a throw-away overlay: no need to wait for a clean poweroff
-boot_retry b boot; B_SECS=$BOOT_SECS; inspect b
+MEM=${B_MEM:-1024} boot_retry b boot; B_SECS=$BOOT_SECS; inspect b; small_vps b
 
 same=()
 for k in machine-id secret-key-sha256 db-password-sha256 env-secret-key-sha256; do
@@ -152,7 +191,7 @@ done
 if [ -n "$(comm -12 "$work/a.hostkeys" "$work/b.hostkeys")" ]; then same+=("ssh-host-keys"); fi
 [ ${#same[@]} -eq 0 ] || fail "instances a and b share: ${same[*]}"
 say "instances a and b differ in machine-id, SECRET_KEY, database password and SSH host keys"
-say "PASS: boot -> first /readyz 200: a ${A_SECS}s, b ${B_SECS}s (accel $ACCEL); total $(( $(date +%s) - start ))s"
+say "PASS: boot -> first /readyz 200: a ${A_SECS}s, b ${B_SECS}s (${B_MEM:-1024} MB) (accel $ACCEL); total $(( $(date +%s) - start ))s"
 
 # Hand instance b to a background Lynis audit: the production image itself, audited while the infra suites run on
 # the Vagrant VM (the audit is one emulated core of fork/exec work for 20-30 min). On 2 host cores b and the Vagrant

@@ -66,6 +66,14 @@ image-check: ## Image hygiene (DigitalOcean rules, stricter), a boot as a Hetzne
 test-provision: ## Fast tier without a VM: provision/ in a systemd-nspawn container (first boot, idempotence)
 	$(call stage,provision in nspawn,tests/provision/nspawn-check.sh)
 
+.PHONY: bench
+bench: ## How fast the nspawn tier's server serves, beside DigitalOcean's Django 1-Click config: a table, bench/results/<commit>-nspawn.{json,png} (BENCH_QUICK=1: the short run)
+	$(call stage,bench$(if $(filter 1,$(BENCH_QUICK)), (quick)),bench/run.sh)
+
+.PHONY: test-bench
+test-bench: ## BENCH_QUICK=1 make bench: the harness must not rot; fails on its validity gates only, never on a figure
+	$(call stage,quick bench,BENCH_QUICK=1 bench/run.sh)
+
 .PHONY: test-infra
 test-infra: deps ## testinfra suites against the Vagrant VM booted from the baked box
 	$(call stage,infra suites,KILN_INFRA_VENV=$(VENV) KILN_DESTROY=1 tests/vagrant/run-infra.sh)
@@ -76,4 +84,4 @@ test-infra: deps ## testinfra suites against the Vagrant VM booted from the bake
 # Lynis audits the suites' own VM, in the background from its boot (tests/infra/conftest.py), not the boot check's
 # instance b of the production image (KILN_LYNIS_BG=DIR in the environment, still supported): on 2 cores a second
 # TCG guest only shares the same CPU, 4 vCPUs on 2 cores (clean clones: 4107 s with b, 3276 s without).
-test: lint test-app test-tools image image-check test-infra ## Everything CI runs: lint, app and tool tests, image, image checks, infra suites
+test: lint test-app test-tools test-bench image image-check test-infra ## Everything CI runs: lint, app and tool tests, the quick bench, image, image checks, infra suites

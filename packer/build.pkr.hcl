@@ -1,5 +1,6 @@
 # The Kiln image: upload provision/ + app/ + the app's wheelhouse (+ the build host's extra CA certs), run
-# provision/install.sh, prove every service runs and /readyz answers 200 through nginx, record the package manifest,
+# provision/install.sh, prove every service runs and kiln-ready says ready (database, Redis, the app's health path
+# through nginx), record the package manifest,
 # clean up. No reboot inside the build: tests/image/boot-check.sh boots the finished image (twice, as a cloud would)
 # and the infra reboot suite reboots the Vagrant VM; a reboot here cost a full emulated shutdown and boot.
 
@@ -11,8 +12,8 @@ variable "check_units" {
 
 variable "check_programs" {
   type        = list(string)
-  default     = ["kiln-web", "kiln-worker"]
-  description = "Supervisor programs that must be RUNNING once provisioned."
+  default     = []
+  description = "Supervisor programs that must be RUNNING once provisioned; empty: kiln-web, and kiln-worker when the app's contract has worker groups."
 }
 
 locals {

@@ -119,5 +119,5 @@ variable "kiln_commit" {
 variable "readyz_timeout" {
   type        = number
   default     = 600
-  description = "Seconds the post-provision check waits for services and GET /readyz 200."
+  description = "Seconds the post-provision check waits for services and kiln-ready (the app's health path through nginx)."
 }

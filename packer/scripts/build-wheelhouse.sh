@@ -3,13 +3,14 @@
 # build VM only unpacks them (offline, hash-checked) and no compiler ever enters the image.
 # Usage: packer/scripts/build-wheelhouse.sh DISTRO APP_DIR OUT_DIR
 #
-# A builder root file system of the target distro (mmdebstrap: python3-venv + the profile's PKG_BUILD_DEPS) is
-# cached in $KILN_CACHE_DIR; `pip wheel --require-hashes` runs in it under systemd-nspawn (the host's Python is
-# another version). OUT_DIR then holds:
+# The lock is the app contract's (`lock` of [tool.kiln] in APP_DIR/pyproject.toml, provision/.../kiln_app.py). A builder
+# root file system of the target distro (mmdebstrap: python3-venv + the profile's PKG_BUILD_DEPS + the contract's
+# build-packages) is cached in $KILN_CACHE_DIR; `pip wheel --require-hashes` runs in it under systemd-nspawn (the host's
+# Python is another version). OUT_DIR then holds:
 #   *.whl                      every locked distribution, for the target's Python ABI
 #   requirements.txt           name==version --hash=sha256:<hash of the wheel in OUT_DIR>, what the guest installs
 #   built-from-sdist.txt       the wheels built here from a locked sdist (their hashes are new; the sdist's was checked)
-#   source-requirements.sha256 the hash of APP_DIR/requirements.txt it was built from (kiln-release checks it)
+#   source-requirements.sha256 the hash of the app's lock it was built from (kiln-release checks it)
 #   pycache.tar, pycache.prefix  the wheels' bytecode (checked-hash .pyc) and the venv folder it unpacks into
 #   pip-runner.zip             the pip wheel's pip with its bytecode, which runs the install in the guest
 # A wheel that PyPI ships is used as downloaded, so its hash is the lock's own; the script fails otherwise.
@@ -20,12 +21,17 @@ set -euo pipefail
 distro=$1 app=$2 out=$3
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 [ "$(id -u)" -eq 0 ] || { echo "build-wheelhouse: must run as root (mmdebstrap, systemd-nspawn)" >&2; exit 1; }
-lock=$app/requirements.txt
+# The lock and the build packages: the app's contract, resolved (shlex-quoted bash assignments: eval only assigns).
+app_env=$(python3 "$repo/provision/files/usr/local/lib/kiln/kiln_app.py" show "$app" --format env --distro "$distro") \
+  || { echo "build-wheelhouse: the app's contract has problems (above)" >&2; exit 1; }
+eval "$app_env"
+lock=$app/$KILN_APP_LOCK
 [ -f "$lock" ] || { echo "build-wheelhouse: missing required file $lock (the app's lock file)" >&2; exit 1; }
 grep -q -- '--hash=sha256:' "$lock" || { echo "build-wheelhouse: $lock has no --hash entries: a lock without hashes is refused" >&2; exit 1; }
 cache=${KILN_CACHE_DIR:-$repo/build/cache}
 
-# The build deps come from the distro profile, the same list kiln-release uses when it compiles on a server.
+# The build deps come from the distro profile and the contract, the same lists kiln-release uses when it compiles on a
+# server.
 # shellcheck source=/dev/null
 . "$repo/provision/distro/$distro.sh"
 case $distro in
@@ -35,7 +41,7 @@ case $distro in
              keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg ;;
   *) echo "build-wheelhouse: unknown DISTRO '$distro'" >&2; exit 2 ;;
 esac
-builder_pkgs=(python3-venv ca-certificates "${PKG_BUILD_DEPS[@]}")
+builder_pkgs=(python3-venv ca-certificates "${PKG_BUILD_DEPS[@]}" "${KILN_APP_BUILD_PACKAGES[@]}")
 self=$(sha256sum "$0" | cut -c1-64)
 bkey=$(printf "%s %s %s %s\n" "$suite" "$mirror" "$components" "${builder_pkgs[*]}" | sha256sum | cut -c1-16)
 wkey=$(printf "%s %s %s\n" "$self" "$bkey" "$(sha256sum "$lock" | cut -c1-64)" | sha256sum | cut -c1-64)
@@ -68,9 +74,11 @@ in_builder() { # in_builder NSPAWN-ARGS... CMD...: run CMD in a throw-away overl
 t0=$(date +%s)
 rm -rf "$out.tmp"; mkdir -p "$out.tmp"
 # HTTPS may be re-signed by an intercepting proxy: pip in the builder trusts the host's CA bundle (a read-only bind).
-in_builder --bind-ro="$(readlink -f "$lock")":/kiln/requirements.txt --bind="$(readlink -f "$out.tmp")":/kiln/wheels \
-  --setenv=PIP_CERT=/kiln/host-ca.pem \
-  /bin/sh -euc 'python3 -m venv /tmp/wb && /tmp/wb/bin/pip wheel -q --require-hashes -w /kiln/wheels -r /kiln/requirements.txt
+# The lock's folder is bound, so files it includes (-r) are there too.
+# shellcheck disable=SC2016  # KILN_LOCK is expanded in the builder
+in_builder --bind-ro="$(dirname "$(readlink -f "$lock")")":/kiln/lock --bind="$(readlink -f "$out.tmp")":/kiln/wheels \
+  --setenv=PIP_CERT=/kiln/host-ca.pem --setenv=KILN_LOCK="/kiln/lock/$(basename "$lock")" \
+  /bin/sh -euc 'python3 -m venv /tmp/wb && /tmp/wb/bin/pip wheel -q --require-hashes -w /kiln/wheels -r "$KILN_LOCK"
                 cp /usr/share/python-wheels/pip-*.whl /kiln/wheels/
                 mkdir /tmp/runner && cd /tmp/runner && python3 -m zipfile -e /kiln/wheels/pip-*.whl .
                 python3 -m compileall -q -b -j 0 --invalidation-mode unchecked-hash pip >/dev/null

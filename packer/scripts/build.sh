@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# `make image`: build the Kiln VPS image and its Vagrant box for one distro. Run as root on a Debian/Ubuntu host.
-#   packer/scripts/build.sh                     # DISTRO=debian-13
-#   DISTRO=ubuntu-24.04 packer/scripts/build.sh
+# `make image`: build the Kiln VPS image and its Vagrant box for one distro and one app. Run as root on a Debian/Ubuntu
+# host.
+#   packer/scripts/build.sh                     # DISTRO=debian-13, the reference app (app/)
+#   DISTRO=ubuntu-24.04 APP_DIR=../mysite packer/scripts/build.sh      # `make image DISTRO=ubuntu-24.04 APP=../mysite`
+# The app's contract ([tool.kiln] in APP_DIR/pyproject.toml) is checked first, in seconds: a contract that cannot
+# work stops the build before anything is installed, downloaded or built.
 # Stages (each prints its duration; all are recorded in the manifest, packer's phases too):
-#   deps -> base disk with the stack's distro packages || the app's wheelhouse (both native, in parallel, cached by
+#   app-check -> deps -> base disk with the stack's distro packages || the app's wheelhouse (both native, in parallel, cached by
 #   inputs in build/cache) -> accelerator probe -> seed (build user in a copy of the base disk) -> packer (boot, provision, verify, manifest, cleanup, scrub;
 #   its console watched for a panic or a stuck kernel) -> compress (all host cores) -> vagrant box (loop-mount +
 #   chroot edit of a copy) -> manifest + SHA256SUMS
 # What is CPU-heavy is done natively: under emulation (TCG) the same apt or compiler work takes ~12x as long.
-# Output: build/<distro>/ kiln-<distro>-<version>.qcow2, kiln-<distro>-<version>.libvirt.box, kiln-<distro>.box.json,
-#         kiln-<distro>-<version>.manifest.json, SHA256SUMS
+# Output: build/<distro>/ <name>.qcow2, <name>.libvirt.box, kiln-<distro>.box.json, <name>.manifest.json (with the
+#         app's resolved contract), SHA256SUMS; <name> = kiln-<distro>-<app name>-<app version>-<version>, the app's name
+#         and version from its pyproject.toml's [project] (kiln_app.py)
 # Env:
 #   DISTRO          debian-13 | ubuntu-24.04 [debian-13]
 #   ACCEL           kvm | tcg [probe: packer/scripts/kvm-probe.sh]
 #   KILN_VERSION    release version [<UTC date>.<time>, e.g. 2026.11.28.0315]
 #   KILN_COMMIT     [tools/commit-id.sh: git rev-parse HEAD, "+dirty" when the tree has changes; "unknown" without git]
 #   BUILD_DIR       [<repo>/build]
-#   PROVISION_DIR   provisioner tree [<repo>/provision]; APP_DIR [<repo>/app]; CA_CERTS_DIR [/usr/local/share/ca-certificates]
+#   PROVISION_DIR   provisioner tree [<repo>/provision]; APP_DIR the app, the folder with manage.py [<repo>/app];
+#                   CA_CERTS_DIR [/usr/local/share/ca-certificates]
 #   BASE_IMAGE_URL / BASE_IMAGE_CHECKSUM (sha256:<hex>)  an official cloud image (qcow2) instead of the base disk
 #   PACKER_LOG=1    packer debug log; NO_BOX=1 skips the Vagrant box; FORCE_BASE=1 rebuilds the base disk
 #   KILN_CACHE_DIR  base disk builder roots and wheelhouses [<BUILD_DIR>/cache]; STALL_SECONDS [90] no console output
@@ -35,10 +40,19 @@ KILN_COMMIT=${KILN_COMMIT:-$("$repo/tools/commit-id.sh")}
 [ "$(id -u)" -eq 0 ] || { echo "build: run as root (mmdebstrap, loop devices)" >&2; exit 1; }
 for d in "$PROVISION_DIR" "$APP_DIR"; do [ -d "$d" ] || { echo "build: missing $d" >&2; exit 1; }; done
 [ -f "$PROVISION_DIR/install.sh" ] || { echo "build: missing $PROVISION_DIR/install.sh" >&2; exit 1; }
+APP_DIR=$(cd "$APP_DIR" && pwd)
+# The app's contract before anything slow: every problem named, nothing built.
+kiln_app=$PROVISION_DIR/files/usr/local/lib/kiln/kiln_app.py
+python3 "$kiln_app" check "$APP_DIR" --distro "$DISTRO" || { echo "build: the app's contract has problems (above)" >&2; exit 1; }
+app_env=$(python3 "$kiln_app" show "$APP_DIR" --format env --distro "$DISTRO")
+app_name=$(KILN_APP_ENV=$app_env bash -c 'eval "$KILN_APP_ENV"; printf "%s-%s" "$KILN_APP_NAME" "$KILN_APP_VERSION"' \
+  | tr -c 'A-Za-z0-9._+-' '-')
+# The base disk carries the app's runtime packages too (stack_packages, provision/lib/common.sh).
+export KILN_APP_SRC=$APP_DIR
 
 out=$BUILD_DIR/$DISTRO
 work=$BUILD_DIR/work/$DISTRO
-name=kiln-$DISTRO-$KILN_VERSION
+name=kiln-$DISTRO-$app_name-$KILN_VERSION
 KILN_CACHE_DIR=${KILN_CACHE_DIR:-$BUILD_DIR/cache}
 export KILN_CACHE_DIR
 wheelhouse=$KILN_CACHE_DIR/$DISTRO-wheelhouse
@@ -246,12 +260,13 @@ box() {
 }
 
 manifest() {
+  python3 "$kiln_app" show "$APP_DIR" --format json --distro "$DISTRO" >"$work/app.json"
   "$repo/packer/scripts/make-manifest.sh" "$work/manifest/guest.tar" "$stages_file" "$out" "$name" \
-    "$DISTRO" "$KILN_VERSION" "$KILN_COMMIT" "$ACCEL" "$(( $(date +%s) - build_start ))"
+    "$DISTRO" "$KILN_VERSION" "$KILN_COMMIT" "$ACCEL" "$(( $(date +%s) - build_start ))" "$work/app.json"
   (cd "$out" && rm -f SHA256SUMS && sha256sum -- "$name".* >SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS && cat SHA256SUMS)
 }
 
-echo "==> kiln image build: DISTRO=$DISTRO KILN_VERSION=$KILN_VERSION KILN_COMMIT=$KILN_COMMIT out=$out"
+echo "==> kiln image build: DISTRO=$DISTRO app=$app_name ($APP_DIR) KILN_VERSION=$KILN_VERSION KILN_COMMIT=$KILN_COMMIT out=$out"
 stage deps deps
 stage prepare prepare
 stage accel-probe probe

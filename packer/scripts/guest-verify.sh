@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Runs in the build VM (root) once provision/install.sh is done: every expected service is active, nothing failed, and
-# GET http://127.0.0.1/readyz through nginx answers 200. Retries until READYZ_TIMEOUT, then fails with diagnostics.
-# Env: CHECK_UNITS (systemd units), CHECK_PROGRAMS (supervisor programs), READYZ_TIMEOUT [600].
+# kiln-ready says ready (the database, both Redis instances, then the app's health path, its contract's `health`,
+# through nginx). Retries until READYZ_TIMEOUT, then fails with diagnostics.
+# Env: CHECK_UNITS (systemd units), CHECK_PROGRAMS (supervisor programs; empty: kiln-web, and kiln-worker when the
+# app's contract has worker groups: /srv/kiln/current/kiln-app.env), READYZ_TIMEOUT [600].
 set -uo pipefail
 timeout=${READYZ_TIMEOUT:-600}
+if [ -z "${CHECK_PROGRAMS:-}" ]; then
+  CHECK_PROGRAMS="kiln-web$(bash -c '. /srv/kiln/current/kiln-app.env && [ ${#KILN_APP_WORKERS[@]} -eq 0 ] || echo " kiln-worker"')"
+fi
 deadline=$(( $(date +%s) + timeout ))
 echo "==> verify: boot state"
 state=$(timeout "$timeout" systemctl is-system-running --wait 2>/dev/null || true)
@@ -26,8 +31,7 @@ problems() {
   fi
   st=$(systemctl list-units --state=failed --no-legend --plain 2>/dev/null | awk '{print $1}' | tr '\n' ' ')
   [ -z "${st// /}" ] || out+="failed units: $st; "
-  code=$(curl -s -o /tmp/readyz.json -w '%{http_code}' -m 10 http://127.0.0.1/readyz || true)
-  [ "$code" = 200 ] || out+="GET /readyz -> ${code:-no answer}; "
+  /usr/local/bin/kiln-ready >/tmp/readyz.json 2>&1 || out+="not ready: $(grep 'NOT READY (' /tmp/readyz.json | tr '\n' ' ')"
   printf '%s' "$out"
 }
 
@@ -36,7 +40,7 @@ while :; do
   if [ -z "$p" ]; then
     echo "    units active: ${CHECK_UNITS:-(none)}"
     echo "    programs RUNNING: ${CHECK_PROGRAMS:-(none)}"
-    echo "    GET /readyz -> 200 $(head -c 400 /tmp/readyz.json 2>/dev/null)"
+    sed 's/^/    /' /tmp/readyz.json
     # The build log shows how full the image is (lib/common.sh's disk check: a warning, never a failure).
     # ... and whether it waits for a reboot (the login message's check; the infra suites fail on one).
     bash -c '. /usr/local/lib/kiln/lib/common.sh && disk_check && if r=$(reboot_pending); then warn "reboot pending: $r"; else log "no reboot pending"; fi'

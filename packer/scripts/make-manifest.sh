@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Write build/<distro>/<name>.manifest.json from the guest's package lists (guest.tar from the packer build),
-# the stage durations and the artifacts.
-# Usage: make-manifest.sh GUEST.tar STAGES.tsv OUTDIR NAME DISTRO VERSION COMMIT ACCEL BUILD_SECONDS
+# the stage durations, the artifacts and the baked app (APP.json: `kiln_app.py show APP_DIR --format json`, its name,
+# version and resolved contract).
+# Usage: make-manifest.sh GUEST.tar STAGES.tsv OUTDIR NAME DISTRO VERSION COMMIT ACCEL BUILD_SECONDS APP.json
 set -euo pipefail
-[ $# -eq 9 ] || { echo "usage: $0 GUEST.tar STAGES.tsv OUTDIR NAME DISTRO VERSION COMMIT ACCEL BUILD_SECONDS" >&2; exit 2; }
+usage="usage: $0 GUEST.tar STAGES.tsv OUTDIR NAME DISTRO VERSION COMMIT ACCEL BUILD_SECONDS APP.json"
+[ $# -eq 10 ] || { echo "$usage" >&2; exit 2; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 tar -C "$tmp" -xf "$1"
 for f in "$3/$4".*; do
@@ -12,9 +14,9 @@ for f in "$3/$4".*; do
     "$(qemu-img info --output=json "$f" 2>/dev/null | jq -r '.["virtual-size"] // empty' 2>/dev/null || true)"
 done >"$tmp/artifacts.tsv"
 packer_version=$(packer version 2>/dev/null | head -1 || true)
-env -u PIP_FIND_LINKS python3 - "$tmp" "$2" "$3/$4.manifest.json" "$4" "$5" "$6" "$7" "$8" "$9" "$packer_version" <<'PY'
+env -u PIP_FIND_LINKS python3 - "$tmp" "$2" "$3/$4.manifest.json" "$4" "$5" "$6" "$7" "$8" "$9" "$packer_version" "${10}" <<'PY'
 import json, os, sys, datetime
-d, stages, out, name, distro, version, commit, accel, total, packer = sys.argv[1:]
+d, stages, out, name, distro, version, commit, accel, total, packer, app_json = sys.argv[1:]
 def read(f, default=""):
     p = os.path.join(d, f)
     return open(p).read().strip() if os.path.exists(p) else default
@@ -43,6 +45,7 @@ for l in open(stages).read().splitlines():
         k, v = l.split("\t"); st[k] = int(v)
 m = {
     "name": name, "distro": distro, "version": version, "git_commit": commit,
+    "app": {k: v for k, v in json.load(open(app_json)).items() if k != "dir"},
     "built_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     "accelerator": accel, "packer": packer,
     "os": kv(read("os-release")).get("PRETTY_NAME"), "release_stamp": kv(read("release")),

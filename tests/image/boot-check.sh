@@ -111,6 +111,8 @@ inspect() { # inspect NAME: HTTPS admin login page, identity over SSH -> $work/N
       && echo "/root/.ssh/authorized_keys holds a usable key"
     ls /usr/local/share/ca-certificates | grep -q . && echo "build CA certificates left: $(ls /usr/local/share/ca-certificates)"
     systemctl list-units --state=failed --no-legend --plain | grep . | sed "s/^/failed unit: /"
+    # the readiness check of the baked app (kiln-ready): database, both Redis, its health path through nginx
+    /usr/local/bin/kiln-ready --quiet >/dev/null 2>&1 || /usr/local/bin/kiln-ready --quiet 2>&1 | sed "s/^/not ready: /"
     echo "== rootfs"; df -h / | sed -n "2p" | tr -s " " | cut -d" " -f2
   '\''' >"$work/$n.inspect" || fail "$n: reading the instance over SSH failed"
   section "$work/$n.inspect" hostkeys | awk '{print $2, $NF}' | sort >"$work/$n.hostkeys"

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Sourced by boot-check.sh and metadata-check.sh: boot the built image once under QEMU, the way a cloud would start
 # it (a copy-on-write overlay: the image is never modified; user networking with random free loopback ports forwarded
-# to 22/80/443), and wait for its first GET /readyz 200 through nginx.
+# to 22/80/443), and wait for its first GET of the baked app's health path (/readyz for the reference app) answered
+# 200 through nginx.
 #   vm_image CHECK [IMAGE]  sets IMAGE (the argument, else $IMAGE, else the newest build/<DISTRO>/kiln-<DISTRO>-*.qcow2;
-#                  exits naming CHECK if there is none), DISTRO [debian-13], BOOT_TIMEOUT [900], KERNEL_STALL [60]
+#                  exits naming CHECK if there is none), DISTRO [debian-13], BOOT_TIMEOUT [900], KERNEL_STALL [60],
+#                  HEALTH (the contract's `health` in the image's manifest, IMAGE's name with .manifest.json; an
+#                  image without one: /readyz)
 #   boot_vm NAME NETDEV NIC [QEMU-ARG...]  boots $work/NAME.qcow2 over IMAGE; NETDEV and NIC are extra options of the
 #                  user network and of its virtio NIC ("" for none). Sets vmpid P22 P80 P443 BOOT_SECS; returns 2 on
 #                  a kernel panic (the VM is stopped).
@@ -30,6 +33,8 @@ vm_image() {
     echo "$1: no image (build one: make image, or set IMAGE=)" >&2; exit 1
   fi
   IMAGE=$(readlink -f "$IMAGE")
+  HEALTH=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["app"]["contract"]["health"])' \
+    "${IMAGE%.qcow2}.manifest.json" 2>/dev/null || echo /readyz)
   BOOT_TIMEOUT=${BOOT_TIMEOUT:-900}
   KERNEL_STALL=${KERNEL_STALL:-60}
 }
@@ -56,7 +61,7 @@ stop_vm() {
 }
 
 boot_vm() {
-  local n=$1 netdev=$2 nic=$3 serial="$work/$1-serial.log" t0 code
+  local n=$1 netdev=$2 nic=$3 serial="$work/$1-serial.log" t0 code url
   shift 3
   qemu-img create -q -f qcow2 -F qcow2 -b "$IMAGE" "$work/$n.qcow2"
   P22=$(free_port); P80=$(free_port); P443=$(free_port)
@@ -93,14 +98,16 @@ boot_vm() {
       fi
     fi
     if declare -F boot_watch >/dev/null; then boot_watch "$n" "$serial"; fi
-    code=$(curl -s -o "$work/$n-readyz.json" -w '%{http_code}' -m 5 "http://127.0.0.1:$P80/readyz" || true)
+    # The health path over HTTP, where nginx proxies it (kiln-app-http.conf); '/' only over HTTPS (self-signed).
+    if [ "$HEALTH" = / ]; then url=https://127.0.0.1:$P443/; else url=http://127.0.0.1:$P80$HEALTH; fi
+    code=$(curl -sk -o "$work/$n-readyz.json" -w '%{http_code}' -m 5 "$url" || true)
     if [ "$code" = 200 ]; then
       BOOT_SECS=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
-      say "$n: boot -> first GET /readyz 200 in ${BOOT_SECS}s: $(head -c 300 "$work/$n-readyz.json")"
+      say "$n: boot -> first GET $HEALTH 200 in ${BOOT_SECS}s: $(head -c 300 "$work/$n-readyz.json")"
       return 0
     fi
-    [ "$now" -lt "$BOOT_TIMEOUT" ] || { tail -30 "$serial"; fail "$n: no /readyz 200 within ${BOOT_TIMEOUT}s (last: ${code:-none})"; }
-    if [ "$code" != "$last" ]; then say "$n: ${now}s: /readyz -> ${code/000/no answer}"; last=$code; fi
+    [ "$now" -lt "$BOOT_TIMEOUT" ] || { tail -30 "$serial"; fail "$n: no $HEALTH 200 within ${BOOT_TIMEOUT}s (last: ${code:-none})"; }
+    if [ "$code" != "$last" ]; then say "$n: ${now}s: $HEALTH -> ${code/000/no answer}"; last=$code; fi
     sleep 2
   done
 }

@@ -270,7 +270,8 @@ SCHEMA: dict[str, Key] = {
     ),
     "workers": Key(
         "table",
-        "rq worker groups by name (`manage.py rqworker QUEUES`); none: no workers and no queue Redis traffic",
+        "rq worker groups by name (`manage.py rqworker QUEUES`); none: no worker programs (the queue Redis then only "
+        "gets kiln-ready's PING)",
         {},
         "none",
         entry={

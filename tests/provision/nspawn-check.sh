@@ -248,6 +248,23 @@ app_probes() { # app_probes PHASE: what Kiln proves for every app, parametrised 
     || true
 }
 
+no_change_run() { # no_change_run LABEL NAME CMD...: CMD, a provisioning run, must report 0 changes and change no state
+  local label=$1 name=$2 t0; shift 2
+  sleep 2
+  snapshot >"$WORK/snap-$name-1.txt"
+  t0=$(date +%s)
+  "$@" >"$WORK/install-$name.log" 2>&1 || { sed 's/^/  | /' "$WORK/install-$name.log"; fatal "${label}install.sh ($name) failed"; }
+  NO_CHANGE_SECS=$(( $(date +%s) - t0 ))
+  snapshot >"$WORK/snap-$name-2.txt"
+  tail -1 "$WORK/install-$name.log" | sed -u 's/^/  | /'
+  check "${label}second run reports 0 changes (${NO_CHANGE_SECS}s)" grep -q ': 0 change(s)' "$WORK/install-$name.log"
+  if diff -u "$WORK/snap-$name-1.txt" "$WORK/snap-$name-2.txt" >"$WORK/snap-$name.diff"; then
+    ok "${label}checksums of /etc, /srv/kiln, /usr/local, dpkg list, pip freeze, service PIDs unchanged"
+  else
+    bad "${label}state changed by the second run:"; head -40 "$WORK/snap-$name.diff" | sed 's/^/      /'
+  fi
+}
+
 trust_store() { # the CA trust store's names, link targets and contents, read from the host (both install modes)
   (cd "$ROOT" && find etc/ssl/certs usr/local/share/ca-certificates -printf '%p %y %l\n' | LC_ALL=C sort &&
    find etc/ssl/certs usr/local/share/ca-certificates -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum)
@@ -433,20 +450,9 @@ check "retention: reported the disk use of / (lib/common.sh disk_check)" bash -c
 
 # ---------------------------------------------------------------- 3. idempotency
 say "second install.sh run (booted) must change nothing"
-sleep 2
-snapshot >"$WORK/snap-1.txt"
-t0=$(date +%s)
-cx env KILN_VERSION="$VERSION" KILN_COMMIT="$COMMIT" KILN_BUILD_CA_DIR=/opt/kiln-src/build-ca \
-  /opt/kiln-src/provision/install.sh >"$WORK/install-2.log" 2>&1 || { sed 's/^/  | /' "$WORK/install-2.log"; fatal "second install.sh failed"; }
-SECOND_SECS=$(( $(date +%s) - t0 ))
-snapshot >"$WORK/snap-2.txt"
-tail -1 "$WORK/install-2.log" | sed -u 's/^/  | /'
-check "second run reports 0 changes (${SECOND_SECS}s)" grep -q ': 0 change(s)' "$WORK/install-2.log"
-if diff -u "$WORK/snap-1.txt" "$WORK/snap-2.txt" >"$WORK/snap.diff"; then
-  ok "checksums of /etc, /srv/kiln, /usr/local, dpkg list, pip freeze, service PIDs unchanged"
-else
-  bad "state changed by the second run:"; head -40 "$WORK/snap.diff" | sed 's/^/      /'
-fi
+no_change_run "" 2 cx env KILN_VERSION="$VERSION" KILN_COMMIT="$COMMIT" KILN_BUILD_CA_DIR=/opt/kiln-src/build-ca \
+  /opt/kiln-src/provision/install.sh
+SECOND_SECS=$NO_CHANGE_SECS
 
 # A change whose restart/reload failed stays pending, and the next run applies it, whatever steps it runs: step 60
 # puts back Kiln's site (an operator edited it), the reload in 99 fails on a broken foreign nginx file, then a run
@@ -538,12 +544,12 @@ if [ "${KILN_NSPAWN_SECOND_APP:-1}" != 0 ]; then
   say "a second app (tests/fixtures/second-app) onto this instance, as \`make image APP=\` bakes one: install.sh, KILN_APP_SRC"
   t_app2=$(date +%s)
   check "second app: its runtime package (file) is not installed yet" bash -c "! cx dpkg -s file >/dev/null 2>&1"
-  app2() { # app2 LOG: install.sh with the second app
+  app2() { # install.sh with the second app
     cx env KILN_APP_SRC=/opt/kiln-src/second-app KILN_VERSION="$VERSION-second" KILN_COMMIT="$COMMIT" \
-      KILN_BUILD_CA_DIR=/opt/kiln-src/build-ca /opt/kiln-src/provision/install.sh >"$1" 2>&1
+      KILN_BUILD_CA_DIR=/opt/kiln-src/build-ca /opt/kiln-src/provision/install.sh
   }
   t0=$(date +%s)
-  app2 "$WORK/install-app2.log" || { sed 's/^/  | /' "$WORK/install-app2.log"; fatal "install.sh of the second app failed"; }
+  app2 >"$WORK/install-app2.log" 2>&1 || { sed 's/^/  | /' "$WORK/install-app2.log"; fatal "install.sh of the second app failed"; }
   APP2_SECS=$(( $(date +%s) - t0 ))
   grep -e 'kiln-release: ' -e '^==> kiln provision finished' "$WORK/install-app2.log" | sed 's/^/  | /'
   load_contract
@@ -583,18 +589,7 @@ if [ "${KILN_NSPAWN_SECOND_APP:-1}" != 0 ]; then
     "grep -qx 'urgent 1' $media/snapshots/*.txt && [ \$(stat -c %U $media/snapshots) = kiln ]"
   check "second app: its home page lists the snapshot with file's MIME type (its runtime package at work)" bash -c \
     "curl -sk --max-time 5 https://127.0.0.1/ | grep -q '\.txt (text/plain)</li>'"
-  sleep 2
-  snapshot >"$WORK/snap-app2-1.txt"
-  t0=$(date +%s)
-  app2 "$WORK/install-app2-again.log" || { sed 's/^/  | /' "$WORK/install-app2-again.log"; fatal "second install.sh of the second app failed"; }
-  snapshot >"$WORK/snap-app2-2.txt"
-  tail -1 "$WORK/install-app2-again.log" | sed -u 's/^/  | /'
-  check "second app: a second install.sh run reports 0 changes ($(( $(date +%s) - t0 ))s)" grep -q ': 0 change(s)' "$WORK/install-app2-again.log"
-  if diff -u "$WORK/snap-app2-1.txt" "$WORK/snap-app2-2.txt" >"$WORK/snap-app2.diff"; then
-    ok "second app: checksums of /etc, /srv/kiln, /usr/local, dpkg list, pip freeze, service PIDs unchanged"
-  else
-    bad "second app: state changed by the second run:"; head -40 "$WORK/snap-app2.diff" | sed 's/^/      /'
-  fi
+  no_change_run "second app: " app2-again app2
   APP2_TOTAL=$(( $(date +%s) - t_app2 ))
 fi
 

@@ -146,7 +146,8 @@ SUPERVISOR_SOCK = "/run/supervisor.sock"
 
 def supervisor_status(host) -> dict[str, Prog]:
     """Program states from supervisord (getAllProcessInfo) as {name: Prog}; names like kiln-web,
-    kiln-worker:kiln-worker-0 (as `supervisorctl status` prints them). {} when supervisord does not answer."""
+    kiln-worker:kiln-worker-default-0 (a process of the app's worker group default, as `supervisorctl status` prints
+    them). {} when supervisord does not answer."""
     body = xmlrpc.client.dumps((), "supervisor.getAllProcessInfo")
     res = host.run(
         f"printf %s {shlex.quote(body)} | curl -sS --max-time 10 --unix-socket {SUPERVISOR_SOCK} "

@@ -140,6 +140,11 @@ STATIC_ROOT = env.path("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
 MEDIA_URL = "/media/"
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=str(BASE_DIR / "media"))
 
+# Benchmarks only (`make bench`, bench/run.sh): the static files also through Django, at /bench-static/ (Django's own
+# django.views.static.serve), to compare with nginx serving the same files. Off unless KILN_BENCH_STATIC is set:
+# never on a production server.
+KILN_BENCH_STATIC = env.bool("KILN_BENCH_STATIC", default=False)
+
 MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=10 * 1024 * 1024)
 # Same limit for in-memory form/JSON data so Django's own check agrees with nginx and the middleware.
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_UPLOAD_BYTES

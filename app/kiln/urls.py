@@ -3,7 +3,7 @@ from django.contrib import admin
 from django.contrib.auth.views import LoginView, LogoutView
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from kiln.errors import error_response
 from kiln.middleware import payload_too_large
@@ -21,6 +21,11 @@ if settings.DEBUG:
     from django.conf.urls.static import static
 
     urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)
+
+if settings.KILN_BENCH_STATIC:  # benchmarks only (kiln.settings): the static files through Django, for comparison
+    from django.views.static import serve
+
+    urlpatterns += [re_path(r"^bench-static/(?P<path>.*)$", serve, {"document_root": settings.STATIC_ROOT})]
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -117,3 +117,22 @@ def test_export_link_lifetime_out_of_range_is_refused_naming_it(bad):
     result = run_manage("check", env=clean_env(**PRODUCTION_ENV, EXPORT_LINK_MAX_AGE=bad))
     assert result.returncode != 0
     assert f"ImproperlyConfigured: EXPORT_LINK_MAX_AGE={bad!r}" in result.stderr
+
+
+BENCH_STATIC_PROBE = (
+    "from django.urls import Resolver404, resolve\n"
+    "try:\n"
+    "    print(resolve('/bench-static/admin/css/base.css').func.__module__)\n"
+    "except Resolver404:\n"
+    "    print('no route')\n"
+)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, "no route"), ("0", "no route"), ("1", "django.views.static")])
+def test_static_files_through_django_only_with_the_benchmark_setting(value, expected):
+    # make bench compares nginx with Django serving the same static file: /bench-static/ exists only with
+    # KILN_BENCH_STATIC set, never in production (its default).
+    env = clean_env(**PRODUCTION_ENV, **({} if value is None else {"KILN_BENCH_STATIC": value}))
+    result = run_manage("shell", "-c", BENCH_STATIC_PROBE, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == expected

@@ -6,12 +6,67 @@
 #   nspawn_stop               powers the container off (SIGTERM to nspawn), kills it after 30 s
 # NSPAWN_VETH=1: a veth pair instead of a loopback-only network; nspawn_boot then addresses it (host 10.213.7.1,
 # container NSPAWN_ADDR=10.213.7.2, /30): a network namespace of our own, reachable from this host only.
+# NSPAWN_ARGS=(...): more systemd-nspawn options for nspawn_boot (e.g. --cpu-affinity=0, --bind-ro=...).
+# NSPAWN_CGROUP=NAME: start the container in a cgroup of its own, /sys/fs/cgroup[/unified]/NAME (cgroup v2; its
+# cpu.stat then counts the container's CPU time); removed by nspawn_stop.
 # Host needs: systemd-container (systemd-nspawn), util-linux (nsenter). PID 1 on the host need not be systemd.
+#
+# Kiln's root filesystem as the nspawn tier provisions it (tests/provision/nspawn-check.sh, bench/run.sh):
+#   kiln_rootfs_prepare ROOT LOGDIR      Debian trixie minbase (a cached tarball, keyed by its inputs) unpacked into
+#                                        ROOT, the test-only drop-ins, and what Packer uploads under /opt/kiln-src
+#   kiln_rootfs_install ROOT VERSION COMMIT   provision/install.sh in ROOT offline (systemd-nspawn without boot: no
+#                                        service runs, they start at first boot); its output on stdout
 
 NSPAWN_PID=""
 NSPAWN_LEADER=""
 NSPAWN_LOG=""
+NSPAWN_CGROUP=${NSPAWN_CGROUP:-}
+[ -n "${NSPAWN_ARGS+set}" ] || NSPAWN_ARGS=()
 export NSPAWN_ADDR=""
+KILN_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+KILN_ROOTFS_CACHE=/var/tmp/kiln-rootfs-cache
+KILN_ROOTFS_SUITE=trixie
+KILN_ROOTFS_MIRROR=http://deb.debian.org/debian
+KILN_ROOTFS_PKGS=systemd-sysv,dbus,openssh-server,ca-certificates,iproute2,procps,less,curl
+KILN_ROOTFS_BIND=(--bind="$KILN_ROOTFS_CACHE/apt-archives:/var/cache/apt/archives")   # apt .deb cache shared across runs
+
+kiln_rootfs_prepare() {
+  local root=$1 logdir=$2 key tarball t0 unit
+  local suite=$KILN_ROOTFS_SUITE mirror=$KILN_ROOTFS_MIRROR cache=$KILN_ROOTFS_CACHE
+  mkdir -p "$cache/apt-archives"
+  key=$(printf '%s %s %s v1' "$suite" "$mirror" "$KILN_ROOTFS_PKGS" | sha256sum | cut -c1-12)
+  tarball=$cache/$suite-base-$key.tar
+  if [ ! -s "$tarball" ]; then
+    t0=$(date +%s)
+    mmdebstrap --variant=minbase --include="$KILN_ROOTFS_PKGS" --components=main "$suite" "$cache/.partial-$key.tar" \
+      "deb $mirror $suite main" "deb $mirror $suite-updates main" "deb http://deb.debian.org/debian-security $suite-security main" \
+      >"$logdir/mmdebstrap.log" 2>&1 || { tail -20 "$logdir/mmdebstrap.log" >&2; echo "mmdebstrap failed" >&2; return 1; }
+    mv "$cache/.partial-$key.tar" "$tarball"
+    echo "  built $tarball in $(( $(date +%s) - t0 ))s"
+  fi
+  mkdir -p "$root"
+  tar -C "$root" -xf "$tarball"
+  # Test-only tweaks (drop-ins, so install.sh sees normal enable states): a container may share the host network, so
+  # no sshd on the host's port 22, and ufw (steps/80-firewall.sh) must never touch the host's netfilter rules (nspawn
+  # gives no CAP_NET_ADMIN without a private network, so it would only fail).
+  for unit in ssh.service ssh.socket ufw.service; do
+    install -d "$root/etc/systemd/system/$unit.d"
+    printf '[Unit]\nConditionVirtualization=!container\n' >"$root/etc/systemd/system/$unit.d/nspawn-test.conf"
+  done
+  # What Packer uploads: provision/ and app/ side by side; the build CA as a build input.
+  install -d "$root/opt/kiln-src/build-ca"
+  cp -a "$KILN_REPO/provision" "$KILN_REPO/app" "$root/opt/kiln-src/"
+  cp -a "$KILN_REPO/tests/fixtures/second-app" "$root/opt/kiln-src/second-app"
+  find "$root/opt/kiln-src/app" "$root/opt/kiln-src/second-app" \( -name __pycache__ -o -name .venv -o -name staticfiles \
+    -o -name collected -o -name media \) -prune -exec rm -rf {} +
+  cp /usr/local/share/ca-certificates/*.crt "$root/opt/kiln-src/build-ca/" 2>/dev/null || true
+}
+
+kiln_rootfs_install() {
+  systemd-nspawn -q -D "$1" --register=no --keep-unit --resolv-conf=copy-host "${KILN_ROOTFS_BIND[@]}" \
+    --setenv=KILN_VERSION="$2" --setenv=KILN_COMMIT="$3" --setenv=KILN_BUILD_CA_DIR=/opt/kiln-src/build-ca \
+    /opt/kiln-src/provision/install.sh 2>&1 </dev/null
+}
 
 nspawn_boot() {
   local root=$1 name=${2:-kiln-harden-$$} state
@@ -22,8 +77,18 @@ nspawn_boot() {
   # --private-network: the container's sshd/nginx must not collide with the host's ports.
   local net=(--private-network)
   [ "${NSPAWN_VETH:-0}" = 1 ] && net=(--network-veth)
-  systemd-nspawn -q -D "$root" -M "$name" -b --register=no --keep-unit --volatile=overlay "${net[@]}" \
-    --console=read-only </dev/null >"$NSPAWN_LOG" 2>&1 &
+  local cg=() d
+  if [ -n "$NSPAWN_CGROUP" ]; then
+    d=$(nspawn_cgroup_dir) || return 1
+    cg=("$d")
+    if [ -d /sys/fs/cgroup/systemd ]; then cg+=("/sys/fs/cgroup/systemd/$NSPAWN_CGROUP"); fi  # hybrid host: v1 too
+    mkdir -p "${cg[@]}"
+  fi
+  (
+    for d in "${cg[@]}"; do echo "$BASHPID" >"$d/cgroup.procs"; done
+    exec systemd-nspawn -q -D "$root" -M "$name" -b --register=no --keep-unit --volatile=overlay "${net[@]}" \
+      --console=read-only "${NSPAWN_ARGS[@]}"
+  ) </dev/null >"$NSPAWN_LOG" 2>&1 &
   NSPAWN_PID=$!
   for _ in $(seq 1 100); do
     NSPAWN_LEADER=$(pgrep -P "$NSPAWN_PID" -x systemd || true)
@@ -63,4 +128,16 @@ nspawn_stop() {
   wait "$NSPAWN_PID" 2>/dev/null || true
   NSPAWN_PID=""
   [ -n "$NSPAWN_LOG" ] && rm -f "$NSPAWN_LOG"
+  if [ -n "$NSPAWN_CGROUP" ]; then  # the container's cgroups, deepest first (empty now)
+    find "$(nspawn_cgroup_dir)" /sys/fs/cgroup/systemd/"$NSPAWN_CGROUP" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  fi
+  return 0
+}
+
+nspawn_cgroup_dir() { # the cgroup v2 directory of NSPAWN_CGROUP (cpu.stat: usage_usec, user_usec, system_usec)
+  local base
+  for base in /sys/fs/cgroup/unified /sys/fs/cgroup; do
+    if [ -e "$base/cgroup.controllers" ]; then echo "$base/$NSPAWN_CGROUP"; return 0; fi
+  done
+  echo "nspawn: no cgroup v2 hierarchy" >&2; return 1
 }

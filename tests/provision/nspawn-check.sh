@@ -19,10 +19,8 @@
 # shellcheck disable=SC2016  # many single-quoted snippets run inside the container on purpose
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-CACHE=/var/tmp/kiln-rootfs-cache
-SUITE=trixie
-MIRROR=http://deb.debian.org/debian
-BASE_PKGS=systemd-sysv,dbus,openssh-server,ca-certificates,iproute2,procps,less,curl
+# shellcheck source=tests/hardening/nspawn-lib.sh
+. "$REPO/tests/hardening/nspawn-lib.sh"   # kiln_rootfs_prepare, kiln_rootfs_install (this tier's rootfs, shared)
 WORK=$(mktemp -d /var/tmp/kiln-nspawn.XXXXXX)
 ROOT=$WORK/root
 MODE=${KILN_NSPAWN_INSTALL:-offline}
@@ -60,38 +58,11 @@ trap 'exit 130' INT TERM
 "$REPO/tools/apt-ensure.sh" mmdebstrap systemd-container curl openssl
 
 # ---------------------------------------------------------------- rootfs (cached tarball, keyed by its inputs)
-say "rootfs: Debian $SUITE (cache $CACHE)"
-mkdir -p "$CACHE/apt-archives"
-key=$(printf '%s %s %s v1' "$SUITE" "$MIRROR" "$BASE_PKGS" | sha256sum | cut -c1-12)
-tarball=$CACHE/$SUITE-base-$key.tar
-if [ ! -s "$tarball" ]; then
-  t0=$(date +%s)
-  mmdebstrap --variant=minbase --include="$BASE_PKGS" --components=main "$SUITE" "$CACHE/.partial-$key.tar" \
-    "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" "deb http://deb.debian.org/debian-security $SUITE-security main" \
-    >"$WORK/mmdebstrap.log" 2>&1 || { tail -20 "$WORK/mmdebstrap.log"; fatal "mmdebstrap failed"; }
-  mv "$CACHE/.partial-$key.tar" "$tarball"
-  echo "  built $tarball in $(( $(date +%s) - t0 ))s"
-fi
-mkdir -p "$ROOT"
-tar -C "$ROOT" -xf "$tarball"
-# Test-only tweaks (drop-ins, so install.sh sees normal enable states): the container shares the host network, so
-# no sshd on the host's port 22, and ufw (steps/80-firewall.sh) must never touch the host's netfilter rules (nspawn
-# gives no CAP_NET_ADMIN without a private network, so it would only fail).
-for unit in ssh.service ssh.socket ufw.service; do
-  install -d "$ROOT/etc/systemd/system/$unit.d"
-  printf '[Unit]\nConditionVirtualization=!container\n' >"$ROOT/etc/systemd/system/$unit.d/nspawn-test.conf"
-done
-# What Packer uploads: provision/ and app/ side by side; the build CA as a build input.
-install -d "$ROOT/opt/kiln-src/build-ca"
-cp -a "$REPO/provision" "$REPO/app" "$ROOT/opt/kiln-src/"
-cp -a "$REPO/tests/fixtures/second-app" "$ROOT/opt/kiln-src/second-app"
-find "$ROOT/opt/kiln-src/app" "$ROOT/opt/kiln-src/second-app" \( -name __pycache__ -o -name .venv -o -name staticfiles \
-  -o -name collected -o -name media \) -prune -exec rm -rf {} +
-cp /usr/local/share/ca-certificates/*.crt "$ROOT/opt/kiln-src/build-ca/" 2>/dev/null || true
+say "rootfs: Debian $KILN_ROOTFS_SUITE (cache $KILN_ROOTFS_CACHE)"
+kiln_rootfs_prepare "$ROOT" "$WORK"
 VERSION=nspawn-$(date -u +%Y%m%d%H%M%S)
 COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo uncommitted)
-ENV_ARGS=(--setenv=KILN_VERSION="$VERSION" --setenv=KILN_COMMIT="$COMMIT" --setenv=KILN_BUILD_CA_DIR=/opt/kiln-src/build-ca)
-BIND=(--bind="$CACHE/apt-archives:/var/cache/apt/archives")   # apt .deb cache shared across runs
+BIND=("${KILN_ROOTFS_BIND[@]}")   # apt .deb cache shared across runs
 
 # ---------------------------------------------------------------- container helpers
 now() { date +%s.%N; }
@@ -285,8 +256,7 @@ if [ "$MODE" = booted ]; then
 else
   say "install.sh in the rootfs, offline (systemd-nspawn without boot: nothing runs, services start at first boot)"
   t0=$(date +%s)
-  systemd-nspawn -q -D "$ROOT" --register=no --keep-unit --resolv-conf=copy-host "${BIND[@]}" "${ENV_ARGS[@]}" \
-    /opt/kiln-src/provision/install.sh 2>&1 </dev/null | tee "$WORK/install-1.log" | sed -u 's/^/  | /'
+  kiln_rootfs_install "$ROOT" "$VERSION" "$COMMIT" | tee "$WORK/install-1.log" | sed -u 's/^/  | /'
   [ "${PIPESTATUS[0]}" -eq 0 ] || fatal "install.sh failed"
   INSTALL_SECS=$(( $(date +%s) - t0 ))
 fi

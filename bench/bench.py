@@ -1,0 +1,438 @@
+#!/usr/bin/env python3
+"""make bench's measurements, against the container bench/run.sh booted (stdlib only: Debian's python3 on the host).
+
+HTTP: wrk, pinned to the client CPU and run in the container's network namespace (loopback only), against nginx in
+the container (pinned to the server CPU), over HTTPS with keep-alive and a browser's Accept-Encoding. Server CPU per
+request: the container cgroup's cpu.stat (usage_usec) over the cell, divided by the requests. Kiln's configuration
+and DigitalOcean's Django 1-Click configuration (bench/peers/digitalocean, swapped in and out by its peer.sh) are
+measured in the same run, in blocks K D D K (K D D K K D D K in a full run), each block's cells in the reverse order
+of the previous block's: every cell repeated, interleaved A/B/B/A. rq: jobs/s of a burst worker of each class over the
+same jobs (fork, simple, simple, fork), with the app's own workers stopped meanwhile.
+
+Validity gates (a run that fails one prints why and no figures, and exits 1): every response of every cell as
+expected (the target's status 200 checked before each block, 0 wrk errors: connect, read, write, timeout, non-2xx/3xx),
+the configuration a block measures is the one serving, the load generator below CLIENT_MAX of its core in every
+cell, and every cell (and every rq measurement) repeated at least twice, so the table shows a spread (min-max).
+Speed is never a gate: the targets of issue 13 are reported as met or missed.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+IN_CONTAINER = "/opt/kiln-bench"  # bench/, bind-mounted read-only by bench/run.sh
+BASE_URL = "https://127.0.0.1"
+ACCEPT_ENCODING = "gzip, deflate, br"  # what browsers send
+ACCEPT = f"Accept-Encoding: {ACCEPT_ENCODING}"
+CLIENT_MAX = (
+    0.90  # the load generator's share of its core above which a cell's figures are the client's, not the server's
+)
+STATIC = "admin/css/base.css"
+APP = "/srv/kiln/current"
+
+# name: (label, path, what it measures)
+TARGETS = {
+    "db": ("DB page", "/records/{pk}/", "a record's page, read from MariaDB at every request"),
+    "cached": ("cached page", "/records/", "the records list, its data from the Django cache (Redis)"),
+    "nodb": ("Django, no DB", "/healthz", "Django's middleware and a JSON response, no database"),
+    "static": ("static, nginx", f"/static/{STATIC}", "a CSS file of the release, served by nginx"),
+    "static-django": ("static, Django", f"/bench-static/{STATIC}", "the same file through Django (KILN_BENCH_STATIC)"),
+}
+CONFIGS = {"kiln": "Kiln", "do": "DigitalOcean 1-Click"}
+CELLS = {
+    "kiln": [("db", 1), ("db", 16), ("cached", 16), ("nodb", 16), ("static", 1), ("static", 16), ("static-django", 16)],
+    "do": [("db", 1), ("db", 16), ("static", 1), ("static", 16)],
+}
+RQ_CLASSES = {"fork": "rq.worker.Worker", "simple": "rq.worker.SimpleWorker"}
+RQ_KINDS = {"noop": "no-op jobs", "query": "one ORM query each"}
+
+
+class GateError(Exception):
+    """A validity gate failed: the figures of this run mean nothing."""
+
+
+class Container:
+    """The booted container: commands in its namespaces, its cgroup's CPU time."""
+
+    def __init__(self, leader: str, cgroup: str, client_cpu: str) -> None:
+        self.leader, self.cgroup, self.client_cpu = leader, Path(cgroup), client_cpu
+
+    def run(self, *cmd: str, timeout: float = 600) -> str:
+        full = ["nsenter", "-t", self.leader, "-m", "-u", "-i", "-n", "-p", "-C", "-r", "-w", "--", "env", "-i"]
+        full += ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8"]
+        result = subprocess.run([*full, *cmd], capture_output=True, text=True, timeout=timeout, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"in the container: {' '.join(cmd)}: rc {result.returncode}\n{result.stderr[-1500:]}")
+        return result.stdout
+
+    def as_app(self, *cmd: str, timeout: float = 600) -> str:
+        """CMD as the app's user, with the release's settings, as a transient unit (the container's cgroup and CPU)."""
+        settings = self.run("bash", "-c", f". {APP}/kiln-app.env && echo $KILN_APP_SETTINGS").strip()
+        unit = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect", "-p", "User=kiln", "-p", "Group=kiln"]
+        unit += ["-p", f"WorkingDirectory={APP}/app", "--setenv=KILN_ENV_FILE=/etc/kiln/kiln.env"]
+        unit += [f"--setenv=DJANGO_SETTINGS_MODULE={settings}", f"--setenv=PYTHONPATH={APP}/app:{IN_CONTAINER}"]
+        unit += ["--setenv=HOME=/srv/kiln", "--setenv=LANG=C.UTF-8", "--"]
+        return self.run(*unit, *cmd, timeout=timeout)
+
+    def cpu_usec(self) -> int:
+        for line in (self.cgroup / "cpu.stat").read_text().splitlines():
+            key, value = line.split()
+            if key == "usage_usec":
+                return int(value)
+        raise RuntimeError(f"no usage_usec in {self.cgroup}/cpu.stat")
+
+    def wrk(self, path: str, connections: int, seconds: int, paths: str = "") -> dict:
+        """One wrk run; its report, the server's CPU time and the client's share of its core over it."""
+        cmd = ["nsenter", "-t", self.leader, "-n", "--", "taskset", "-c", self.client_cpu, "wrk", "-t1"]
+        cmd += [f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-H", ACCEPT]
+        cmd += ["-s", str(HERE / "wrk-report.lua"), BASE_URL + path]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "WRK_PATHS": paths}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        core0, cpu0, t0 = core_times(self.client_cpu), self.cpu_usec(), time.monotonic()
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, env=env, check=False)
+        wall, cpu1, core1 = time.monotonic() - t0, self.cpu_usec(), core_times(self.client_cpu)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        lines = [line for line in result.stdout.splitlines() if line.startswith("KILN-BENCH ")]
+        if result.returncode != 0 or not lines:
+            raise RuntimeError(f"wrk {path}: rc {result.returncode}: {result.stderr.strip()[-500:]}")
+        report = json.loads(lines[-1].removeprefix("KILN-BENCH "))
+        client = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall
+        busy = (core1[0] - core0[0]) / max(1, core1[1] - core0[1])
+        return {
+            **report,
+            "server_cpu_us": cpu1 - cpu0,
+            "client_cpu": round(client, 3),
+            "client_core_busy": round(busy, 3),
+        }
+
+
+def core_times(cpu: str) -> tuple[int, int]:
+    """(busy, total) jiffies of one CPU since boot, from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields[0] == f"cpu{cpu}":
+            values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+            return sum(values) - values[3] - values[4], sum(values)
+    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+
+
+def machine() -> dict:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release()}
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.box = Container(args.leader, args.cgroup, args.client_cpu)
+        self.quick = args.quick
+        self.seconds = 1 if self.quick else 3
+        self.blocks = ["kiln", "do", "do", "kiln"] * (1 if self.quick else 2)
+        self.rq_jobs = 100 if self.quick else 2000
+        self.runs: list[dict] = []
+        self.checks: list[dict] = []
+        self.rq: list[dict] = []
+        self.serving = "kiln"
+        self.pk = 0
+        self.t0 = time.monotonic()
+
+    def say(self, text: str) -> None:
+        print(f"  [{time.monotonic() - self.t0:5.0f}s] {text}", flush=True)
+
+    def path(self, target: str) -> str:
+        return TARGETS[target][1].format(pk=self.pk)
+
+    # ------------------------------------------------------------------ setup
+    def seed(self) -> None:
+        """200 records (a list page of 20 from the cache, a record's page from the DB); the pk of the DB page."""
+        code = (
+            "from records.models import Record\n"
+            "from records import listcache\n"
+            "n = Record.objects.count()\n"
+            "Record.objects.bulk_create(Record(title=f'bench {i}', body='x' * 400) for i in range(n, 200))\n"
+            "listcache.invalidate()\n"
+            "print(Record.objects.order_by('pk').values_list('pk', flat=True)[100])\n"
+        )
+        out = self.box.as_app(f"{APP}/venv/bin/python", f"{APP}/app/manage.py", "shell", "-c", code)
+        self.pk = int(out.split()[-1])
+
+    def switch(self, config: str) -> None:
+        if config == self.serving:
+            return
+        t0 = time.monotonic()
+        self.box.run("bash", f"{IN_CONTAINER}/peers/digitalocean/peer.sh", "apply" if config == "do" else "revert")
+        self.serving = config
+        self.settle()
+        self.say(f"now serving: {CONFIGS[config]} ({time.monotonic() - t0:.1f}s to switch and settle)")
+
+    def settle(self, idle: float = 0.15, bound: float = 60) -> None:
+        """Until the server is idle (below `idle` of its CPU for a second): gunicorn's workers have all loaded the app.
+
+        /healthz answers as soon as one worker serves; the others still import Django on the same CPU, and a cell
+        measured meanwhile measures their imports.
+        """
+        deadline, quiet = time.monotonic() + bound, 0
+        while time.monotonic() < deadline and quiet < 2:
+            cpu0, t0 = self.box.cpu_usec(), time.monotonic()
+            time.sleep(0.5)
+            rate = (self.box.cpu_usec() - cpu0) / 1e6 / (time.monotonic() - t0)
+            quiet = quiet + 1 if rate < idle else 0
+
+    def check(self, config: str, block: int) -> None:
+        """The configuration the block measures serves (peer.sh tells by the headers), every target answers 200."""
+        site = self.box.run("bash", f"{IN_CONTAINER}/peers/digitalocean/peer.sh", "site").strip()
+        if site != {"kiln": "kiln", "do": "peer"}[config]:
+            raise GateError(f"block {block} should measure {CONFIGS[config]}, but the site serving is {site or 'none'}")
+        for target in dict.fromkeys(t for t, _ in CELLS[config]):
+            url = BASE_URL + self.path(target)
+            head = self.box.run(
+                "curl", "-sk", "--http1.1", "-D", "-", "-o", "/dev/null", "--max-time", "10", "-H", ACCEPT, url
+            )
+            lines = [line.strip() for line in head.splitlines() if line.strip()]
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+            status = lines[0].split()[1] if lines else "none"
+            shown = ("content-encoding", "cache-control", "expires", "content-type")
+            self.checks.append(
+                {"config": config, "block": block, "target": target, "status": status}
+                | {k: headers.get(k) for k in shown}
+            )
+            if status != "200":
+                raise GateError(f"{CONFIGS[config]}: GET {self.path(target)} answered {status}, not 200")
+
+    # ------------------------------------------------------------------ HTTP
+    def http(self) -> None:
+        for block, config in enumerate(self.blocks):
+            if config != self.serving or block == 0:
+                self.switch(config)
+                self.check(config, block)
+                paths = " ".join(self.path(t) for t in dict.fromkeys(t for t, _ in CELLS[config]))
+                self.box.wrk("/", 8, 1 if self.quick else 2, paths=paths)  # warm-up: every worker, every target
+            cells = CELLS[config] if block % 2 == 0 else CELLS[config][::-1]
+            for target, connections in cells:
+                report = self.box.wrk(self.path(target), connections, self.seconds)
+                self.runs.append(
+                    {"config": config, "target": target, "connections": connections, "block": block, **report}
+                )
+                errors = sum(report["errors"].values())
+                if errors:
+                    raise GateError(
+                        f"{CONFIGS[config]} {TARGETS[target][0]} c{connections}: {errors} errors {report['errors']}"
+                    )
+                if report["requests"] == 0:
+                    raise GateError(f"{CONFIGS[config]} {TARGETS[target][0]} c{connections}: no request completed")
+                if report["client_cpu"] > CLIENT_MAX:
+                    raise GateError(
+                        f"{CONFIGS[config]} {TARGETS[target][0]} c{connections}: wrk used {report['client_cpu']:.0%} "
+                        f"of its CPU (> {CLIENT_MAX:.0%}): the load generator, not the server, set the pace"
+                    )
+            self.say(f"block {block + 1}/{len(self.blocks)} ({CONFIGS[config]}) done")
+        self.switch("kiln")
+
+    # ------------------------------------------------------------------ rq
+    def rq_bench(self, *args: str) -> dict:
+        out = self.box.as_app(f"{APP}/venv/bin/python", f"{IN_CONTAINER}/rq_bench.py", *args)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def rq_measure(self) -> None:
+        self.box.run("supervisorctl", "stop", "kiln-worker:*")  # the app's own workers would take the bench's jobs
+        try:
+            for kind in RQ_KINDS:
+                for cls in ["fork", "simple", "simple", "fork"]:
+                    result = self.rq_bench(kind, RQ_CLASSES[cls], str(self.rq_jobs))
+                    self.rq.append({"kind": kind, "worker": cls, **result})
+                    if result["finished"] != self.rq_jobs:
+                        raise GateError(
+                            f"rq {cls} worker, {RQ_KINDS[kind]}: {result['finished']} of {self.rq_jobs} jobs finished"
+                        )
+                self.say(f"rq: {RQ_KINDS[kind]} done")
+        finally:
+            self.box.run("supervisorctl", "start", "kiln-worker:*")
+
+    # ------------------------------------------------------------------ results
+    def summary(self) -> dict:
+        cells = {}
+        for config, cell_list in CELLS.items():
+            for target, connections in cell_list:
+                runs = [
+                    r
+                    for r in self.runs
+                    if (r["config"], r["target"], r["connections"]) == (config, target, connections)
+                ]
+                if len(runs) < 2:
+                    raise GateError(
+                        f"{CONFIGS[config]} {TARGETS[target][0]} c{connections}: {len(runs)} repetition(s), no spread"
+                    )
+                cells[f"{config}/{target}/c{connections}"] = {
+                    "config": config,
+                    "target": target,
+                    "connections": connections,
+                    "rps": spread([r["requests"] / (r["duration_us"] / 1e6) for r in runs]),
+                    "p50_ms": spread([r["latency_us"]["p50"] / 1000 for r in runs]),
+                    "p99_ms": spread([r["latency_us"]["p99"] / 1000 for r in runs]),
+                    "server_cpu_ms_per_req": spread([r["server_cpu_us"] / 1000 / r["requests"] for r in runs]),
+                    "bytes_per_req": statistics.median(r["bytes"] / r["requests"] for r in runs),
+                    "errors": sum(sum(r["errors"].values()) for r in runs),
+                    "client_cpu_max": max(r["client_cpu"] for r in runs),
+                    "client_core_busy_max": max(r["client_core_busy"] for r in runs),
+                }
+        rq = {}
+        for kind in RQ_KINDS:
+            for cls in RQ_CLASSES:
+                runs = [r for r in self.rq if (r["kind"], r["worker"]) == (kind, cls)]
+                if len(runs) < 2:
+                    raise GateError(f"rq {cls} worker, {RQ_KINDS[kind]}: {len(runs)} repetition(s), no spread")
+                rq[f"{kind}/{cls}"] = {
+                    "kind": kind,
+                    "worker": cls,
+                    "jobs": self.rq_jobs,
+                    "jobs_per_s": spread([r["finished"] / r["seconds"] for r in runs]),
+                    "server_cpu_ms_per_job": spread([r["server_cpu_us"] / 1000 / r["finished"] for r in runs]),
+                }
+        return {"cells": cells, "rq": rq, "targets": self.targets(cells, rq)}
+
+    def targets(self, cells: dict, rq: dict) -> list[dict]:
+        """Issue 13's targets: ratios of medians within this run (never a gate)."""
+
+        def rps(key: str) -> float:
+            return cells[key]["rps"]["median"]
+
+        def p99(key: str) -> float:
+            return cells[key]["p99_ms"]["median"]
+
+        out = [
+            ("cached page / DB page, c16", rps("kiln/cached/c16") / rps("kiln/db/c16"), 5.0, None),
+            ("static: nginx / Django, c16", rps("kiln/static/c16") / rps("kiln/static-django/c16"), 10.0, None),
+        ]
+        for c in (1, 16):
+            out.append(
+                (
+                    f"DB page: Kiln / DigitalOcean, c{c}",
+                    rps(f"kiln/db/c{c}") / rps(f"do/db/c{c}"),
+                    1.0,
+                    (p99(f"kiln/db/c{c}"), p99(f"do/db/c{c}")),
+                )
+            )
+        for c in (1, 16):
+            out.append(
+                (f"static: Kiln / DigitalOcean, c{c}", rps(f"kiln/static/c{c}") / rps(f"do/static/c{c}"), 1.5, None)
+            )
+        simple, fork = rq["noop/simple"]["jobs_per_s"]["median"], rq["noop/fork"]["jobs_per_s"]["median"]
+        out.append(("rq no-op jobs: better worker / forking", max(simple, fork) / fork, 5.0, None))
+        rows = []
+        for name, ratio, goal, p99s in out:
+            met = ratio >= goal and (p99s is None or p99s[0] < p99s[1])
+            row = {"target": name, "ratio": round(ratio, 2), "goal": goal, "met": met}
+            if p99s:
+                row["p99_ms"] = {"kiln": p99s[0], "do": p99s[1]}
+            rows.append(row)
+        return rows
+
+
+def fmt(s: dict, digits: int = 0) -> str:
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
+def table(result: dict) -> str:
+    meta = result["meta"]
+    lines = [
+        f"make bench: commit {meta['commit']}, tier {meta['tier']}, "
+        f"{meta['machine']['nproc']} x {meta['machine']['cpu_model']}; "
+        f"server on CPU {meta['server_cpu']}, wrk on CPU {meta['client_cpu']}; {meta['mode']} run, "
+        f"{meta['seconds_per_cell']} s per cell; medians (min-max) of {meta['repetitions']} interleaved repetitions",
+        f"first boot of the instance -> /readyz 200: {meta['boot_ready_s']} s; the run took {meta['run_s']:.0f} s",
+        "",
+        f"{'configuration':<21} {'target':<15} {'conn':>4}  {'req/s':>22}  {'p50 ms':>18}  {'p99 ms':>18}  "
+        f"{'server CPU ms/req':>20}  {'B/resp':>7}  {'wrk CPU':>7}",
+    ]
+    for cell in result["cells"].values():
+        lines.append(
+            f"{CONFIGS[cell['config']]:<21} {TARGETS[cell['target']][0]:<15} {cell['connections']:>4}  "
+            f"{fmt(cell['rps']):>22}  {fmt(cell['p50_ms'], 2):>18}  {fmt(cell['p99_ms'], 2):>18}  "
+            f"{fmt(cell['server_cpu_ms_per_req'], 3):>20}  {cell['bytes_per_req']:>7.0f}  "
+            f"{cell['client_cpu_max']:>6.0%}"
+        )
+    lines += ["", f"{'rq worker':<10} {'jobs':<20} {'n':>5}  {'jobs/s':>22}  {'server CPU ms/job':>20}"]
+    for r in result["rq"].values():
+        lines.append(
+            f"{r['worker']:<10} {RQ_KINDS[r['kind']]:<20} {r['jobs']:>5}  {fmt(r['jobs_per_s']):>22}  "
+            f"{fmt(r['server_cpu_ms_per_job'], 3):>20}"
+        )
+    lines += ["", "issue 13's targets (ratios of medians, this run):"]
+    for t in result["targets"]:
+        extra = f"; p99 {t['p99_ms']['kiln']:.1f} vs {t['p99_ms']['do']:.1f} ms (lower wanted)" if "p99_ms" in t else ""
+        lines.append(
+            f"  {'met   ' if t['met'] else 'MISSED'} {t['target']:<42} {t['ratio']:>7.2f}x "
+            f"(goal >= {t['goal']}x){extra}"
+        )
+    lines.append(f"errors: 0 in every cell; wrk below {CLIENT_MAX:.0%} of its CPU in every cell (gates)")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in ("leader", "cgroup", "server-cpu", "client-cpu", "commit", "tier", "boot-ready", "out"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    bench = Bench(args)
+    result: dict = {
+        "meta": {
+            "commit": args.commit,
+            "tier": args.tier,
+            "machine": machine(),
+            "mode": "quick" if args.quick else "full",
+            "server_cpu": args.server_cpu,
+            "client_cpu": args.client_cpu,
+            "seconds_per_cell": bench.seconds,
+            "repetitions": len(bench.blocks) // 2,
+            "rq_jobs": bench.rq_jobs,
+            "boot_ready_s": float(args.boot_ready),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "accept_encoding": ACCEPT_ENCODING,
+            "targets": {k: {"label": v[0], "path": v[1], "what": v[2]} for k, v in TARGETS.items()},
+            "client_max": CLIENT_MAX,
+        }
+    }
+    out = Path(args.out)
+    try:
+        bench.settle()
+        bench.seed()
+        bench.http()
+        bench.rq_measure()
+        result.update(bench.summary())
+    except GateError as exc:
+        print(
+            f"\nbench: INVALID RUN, a validity gate failed: {exc}\n"
+            f"no figures (raw measurements: {out.with_suffix('.invalid.json')})"
+        )
+        result.update({"invalid": str(exc), "runs": bench.runs, "checks": bench.checks, "rq_runs": bench.rq})
+        out.with_suffix(".invalid.json").write_text(json.dumps(result, indent=1) + "\n")
+        return 1
+    result["meta"]["run_s"] = round(time.monotonic() - bench.t0, 1)
+    result.update({"runs": bench.runs, "checks": bench.checks, "rq_runs": bench.rq})
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print("\n" + table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -342,6 +342,9 @@ check "TLS 1.1 refused" bash -c "! curl -sk --tlsv1.1 --tls-max 1.1 -o /dev/null
 check "/static/ served by nginx with cache headers" bash -c \
   "curl -sk -D - -o /dev/null https://127.0.0.1/static/admin/css/base.css | tr -d '\r' | grep -qi '^cache-control: max-age='"
 check "gzip on for CSS" bash -c "curl -sk -H 'Accept-Encoding: gzip' -D - -o /dev/null https://127.0.0.1/static/admin/css/base.css | grep -qi '^content-encoding: gzip'"
+gz=$(cx stat -c %s /srv/kiln/current/static/admin/css/base.css.gz 2>/dev/null || echo none)
+check "CSS sent as kiln-release's precompressed copy (gzip_static: Content-Length $gz, the size of base.css.gz)" bash -c \
+  "curl -sk --http1.1 -H 'Accept-Encoding: gzip' -D - -o /dev/null https://127.0.0.1/static/admin/css/base.css | tr -d '\r' | grep -qix 'content-length: $gz'"
 check "upload over 10m -> 413 from nginx" test "$(head -c 11000000 /dev/zero | curl -sk -o /dev/null -w '%{http_code}' -X POST --data-binary @- https://127.0.0.1/api/records/)" = 413
 check "anonymous POST /api/records/ -> 401 (writes need a user)" test "$(curl -sk -o /dev/null -w '%{http_code}' \
   -X POST -H 'Content-Type: application/json' -d '{"title": "anonymous", "body": "x"}' https://127.0.0.1/api/records/)" = 401

@@ -80,6 +80,7 @@ def test_reference_app_renders_what_kiln_ran_before_the_contract(tmp_path):
         "/var/log/kiln/worker-default-1.log",
     ]
     assert "location ^~ /static/ {\n    alias /srv/kiln/current/static/;" in files["nginx/kiln-app.conf"]
+    assert "\n    gzip_static on;\n" in files["nginx/kiln-app.conf"]  # kiln-release precompresses (make bench)
     assert "location = /readyz { include /etc/nginx/snippets/kiln-proxy.conf; }" in files["nginx/kiln-app-http.conf"]
 
 

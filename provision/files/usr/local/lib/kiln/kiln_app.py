@@ -723,6 +723,8 @@ location ^~ {c["static-url"]} {{
     # immutable). Each release has its own static dir, switched with `current`.
     expires 7d;
     access_log off;
+    # the .gz kiln-release made beside each compressible file, sent as it is (no compression per request)
+    gzip_static on;
 }}
 """
     http = f"# {RENDERED}: do not edit.\n# Included by the HTTP server of /etc/nginx/sites-available/kiln.\n"

@@ -182,6 +182,19 @@ svc_mask() { # stop (if running), disable and mask a unit
 # Disk use at which disk_check warns, in percent of a file system's blocks.
 KILN_DISK_WARN_PCT=80
 
+# The upload limit in bytes, one number for the app (MAX_UPLOAD_BYTES in /etc/kiln/kiln.env) and nginx
+# (client_max_body_size): this default, or the operator's MAX_UPLOAD_BYTES, rendered into both by kiln-firstboot.
+# shellcheck disable=SC2034  # used by kiln-firstboot and step 60-nginx
+KILN_MAX_UPLOAD_BYTES=10485760
+# upload_limit_snippet BYTES: nginx's side of it (included by sites-available/kiln); 0 = written, 1 = unchanged.
+upload_limit_snippet() {
+  write_file /etc/nginx/snippets/kiln-limits.conf 0644 root:root <<EOF
+# Written by kiln-firstboot and step 60-nginx: the app's MAX_UPLOAD_BYTES (/etc/kiln/kiln.env), the default in
+# provision/lib/common.sh or the operator's.
+client_max_body_size $1;
+EOF
+}
+
 # Per-instance sizing by kiln-firstboot (its memory), removed from the image by cleanup.sh: the swap file, and the
 # database server's option file (in the distro's $DB_CONF_DIR) with the buffer pool.
 # shellcheck disable=SC2034  # used by kiln-firstboot and cleanup.sh

@@ -14,6 +14,7 @@ import pytest
 from kilnlib import (
     ENV_FILE,
     REBOOT_PENDING,
+    http,
     main_pid,
     out,
     redis_cli,
@@ -126,3 +127,29 @@ def test_reboots_happen_only_in_the_operators_window(host, overrides):
     sh(host, "kiln-firstboot --reconfigure", timeout=600)
     settings = _apt_reboot_settings(host)
     assert 'Automatic-Reboot "true"' in settings and 'Automatic-Reboot-Time "04:30"' in settings, settings
+
+
+def test_an_upload_limit_override_applies_to_nginx_and_the_app_together(host, overrides):
+    # One number for both (provision/lib/common.sh: KILN_MAX_UPLOAD_BYTES, or the operator's MAX_UPLOAD_BYTES): raised
+    # in the overrides, a 15 MB body passes nginx and reaches the app, which refuses the anonymous write with its 401
+    # (with nginx still at 10 MB, nginx answered it with its own 413).
+    sh(host, f"echo 'MAX_UPLOAD_BYTES=20000000' >>{OVERRIDES}")
+    sh(host, "kiln-firstboot --reconfigure", timeout=600)
+    wait_http_ok(host, "/readyz", timeout=120)
+    nginx = out(host, "nginx -T 2>/dev/null | grep -E '^[[:space:]]*client_max_body_size' || true")
+    assert "client_max_body_size 20000000;" in nginx, f"nginx's limit after the override:\n{nginx}"
+    r = http(
+        host,
+        "/api/records/",
+        method="POST",
+        headers={"Content-Type": "application/octet-stream"},
+        data_cmd="head -c 15000000 /dev/zero",
+        timeout=120,
+    )
+    assert r.status == 401 and "Authentication required" in r.body, r
+    # A value that is not a number of bytes stops the reconfigure, naming the key, and changes nothing.
+    env_before = out(host, f"cat {ENV_FILE}")
+    sh(host, f"sed -i 's/^MAX_UPLOAD_BYTES=.*/MAX_UPLOAD_BYTES=20MB/' {OVERRIDES}")
+    res = sh(host, "kiln-firstboot --reconfigure", ok=None, timeout=600)
+    assert res.rc != 0 and "MAX_UPLOAD_BYTES" in res.stdout + res.stderr, f"rc={res.rc}\n{res.stdout}{res.stderr}"
+    assert out(host, f"cat {ENV_FILE}") == env_before, "a refused reconfigure rewrote the env file"

@@ -11,10 +11,11 @@ same jobs (fork, simple, simple, fork), with the app's own workers stopped meanw
 
 Validity gates (a run that fails one prints why and no figures, and exits 1): every response of every cell as
 expected (the target's status 200 checked before each block, 0 wrk errors: connect, read, write, timeout, non-2xx/3xx),
-the configuration a block measures is the one serving, the load generator's core not saturated in any cell (wrk's
-demand for it, the time it ran plus the time it was ready but waited for it (its cgroup's cpu.pressure: other
-processes on this shared machine), below CLIENT_MAX of the cell), and every cell (and every rq measurement) repeated
-at least twice, so the table shows a spread (min-max).
+the configuration a block measures is the one serving, every process of the server confined to its CPU (checked
+before each block), the load generator's core not saturated in any cell (wrk's demand for it, the time it ran plus
+the time it was ready but waited for it (its cgroup's cpu.pressure: other processes on this shared machine), below
+CLIENT_MAX of the cell), and every cell (and every rq measurement) repeated at least twice, so the table shows a
+spread (min-max).
 Speed is never a gate: the targets of issue 13 are reported as met or missed.
 """
 
@@ -62,8 +63,8 @@ class GateError(Exception):
 class Container:
     """The booted container: commands in its namespaces, its cgroup's CPU time."""
 
-    def __init__(self, leader: str, cgroup: str, client_cpu: str) -> None:
-        self.leader, self.cgroup, self.client_cpu = leader, Path(cgroup), client_cpu
+    def __init__(self, leader: str, cgroup: str, server_cpu: str, client_cpu: str) -> None:
+        self.leader, self.cgroup, self.server_cpu, self.client_cpu = leader, Path(cgroup), server_cpu, client_cpu
         # wrk in a cgroup of its own, beside the container's: its cpu.pressure tells how long it waited for its core
         self.client_cgroup = self.cgroup.with_name(self.cgroup.name + "-wrk")
         self.client_cgroup.mkdir(exist_ok=True)
@@ -87,6 +88,20 @@ class Container:
         unit += [f"--setenv=DJANGO_SETTINGS_MODULE={settings}", f"--setenv=PYTHONPATH={APP}/app:{IN_CONTAINER}"]
         unit += ["--setenv=HOME=/srv/kiln", "--setenv=LANG=C.UTF-8", "--"]
         return self.run(*unit, *cmd, timeout=timeout)
+
+    def cpus_allowed(self) -> dict[str, set[str]]:
+        """{CPUs a process of the container may run on: its commands}, read from /proc."""
+        allowed: dict[str, set[str]] = {}
+        for procs in self.cgroup.rglob("cgroup.procs"):
+            for pid in procs.read_text().split():
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                except FileNotFoundError:
+                    continue  # gone meanwhile
+                cpus = next(line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list:"))
+                allowed.setdefault(cpus, set()).add(comm)
+        return allowed
 
     def cpu_usec(self) -> int:
         for line in (self.cgroup / "cpu.stat").read_text().splitlines():
@@ -169,7 +184,7 @@ def spread(values: list[float]) -> dict:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.box = Container(args.leader, args.cgroup, args.client_cpu)
+        self.box = Container(args.leader, args.cgroup, args.server_cpu, args.client_cpu)
         self.quick = args.quick
         self.seconds = 1 if self.quick else 3
         self.blocks = ["kiln", "do", "do", "kiln"] * (1 if self.quick else 2)
@@ -228,6 +243,9 @@ class Bench:
         site = self.box.run("bash", f"{IN_CONTAINER}/peers/digitalocean/peer.sh", "site").strip()
         if site != {"kiln": "kiln", "do": "peer"}[config]:
             raise GateError(f"block {block} should measure {CONFIGS[config]}, but the site serving is {site or 'none'}")
+        elsewhere = {cpus: comms for cpus, comms in self.box.cpus_allowed().items() if cpus != self.box.server_cpu}
+        if elsewhere:
+            raise GateError(f"the server is not confined to CPU {self.box.server_cpu}: {elsewhere}")
         for target in dict.fromkeys(t for t, _ in CELLS[config]):
             url = BASE_URL + self.path(target)
             head = self.box.run(

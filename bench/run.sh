@@ -100,7 +100,8 @@ fi
 # ---------------------------------------------------------------- boot, pinned, in a cgroup of its own
 say "boot: the container on CPU $SERVER_CPU (private network: loopback only), wrk on CPU $CLIENT_CPU"
 NSPAWN_CGROUP=kiln-bench-$$
-NSPAWN_ARGS=(--cpu-affinity="$SERVER_CPU" --bind-ro="$REPO/bench:/opt/kiln-bench" --bind-ro="$PEER_SITE:/opt/kiln-bench-peer/site")
+NSPAWN_CPUS=$SERVER_CPU
+NSPAWN_ARGS=(--bind-ro="$REPO/bench:/opt/kiln-bench" --bind-ro="$PEER_SITE:/opt/kiln-bench-peer/site")
 t0=$(date +%s.%N)
 nspawn_boot "$ROOTFS" "kbench$$"
 ready=""

@@ -9,6 +9,9 @@
 # NSPAWN_ARGS=(...): more systemd-nspawn options for nspawn_boot (e.g. --cpu-affinity=0, --bind-ro=...).
 # NSPAWN_CGROUP=NAME: start the container in a cgroup of its own, /sys/fs/cgroup[/unified]/NAME (cgroup v2; its
 # cpu.stat then counts the container's CPU time); removed by nspawn_stop.
+# NSPAWN_CPUS=LIST (with NSPAWN_CGROUP): confine the container to these CPUs: --cpu-affinity, and a cpuset cgroup,
+# which no process in it can leave (an affinity alone is not enough: Debian 13's nginx.conf says
+# `worker_cpu_affinity auto`, and nginx binds a worker to every CPU of the host).
 # Host needs: systemd-container (systemd-nspawn), util-linux (nsenter). PID 1 on the host need not be systemd.
 #
 # Kiln's root filesystem as the nspawn tier provisions it (tests/provision/nspawn-check.sh, bench/run.sh):
@@ -21,6 +24,7 @@ NSPAWN_PID=""
 NSPAWN_LEADER=""
 NSPAWN_LOG=""
 NSPAWN_CGROUP=${NSPAWN_CGROUP:-}
+NSPAWN_CPUS=${NSPAWN_CPUS:-}
 [ -n "${NSPAWN_ARGS+set}" ] || NSPAWN_ARGS=()
 export NSPAWN_ADDR=""
 KILN_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -83,6 +87,16 @@ nspawn_boot() {
     cg=("$d")
     if [ -d /sys/fs/cgroup/systemd ]; then cg+=("/sys/fs/cgroup/systemd/$NSPAWN_CGROUP"); fi  # hybrid host: v1 too
     mkdir -p "${cg[@]}"
+    if [ -n "$NSPAWN_CPUS" ]; then
+      d=$(nspawn_cpuset_dir) || return 1
+      if [ "$d" = "${cg[0]}" ]; then  # cgroup v2: the cpuset controller, enabled for the container's cgroup
+        grep -qw cpuset "${d%/*}/cgroup.subtree_control" || echo +cpuset >"${d%/*}/cgroup.subtree_control"
+      else                            # the v1 cpuset hierarchy of a hybrid host
+        mkdir -p "$d"; cat "${d%/*}/cpuset.mems" >"$d/cpuset.mems"; cg+=("$d")
+      fi
+      echo "$NSPAWN_CPUS" >"$d/cpuset.cpus"
+      NSPAWN_ARGS+=(--cpu-affinity="$NSPAWN_CPUS")
+    fi
   fi
   (
     for d in "${cg[@]}"; do echo "$BASHPID" >"$d/cgroup.procs"; done
@@ -129,7 +143,8 @@ nspawn_stop() {
   NSPAWN_PID=""
   [ -n "$NSPAWN_LOG" ] && rm -f "$NSPAWN_LOG"
   if [ -n "$NSPAWN_CGROUP" ]; then  # the container's cgroups, deepest first (empty now)
-    find "$(nspawn_cgroup_dir)" /sys/fs/cgroup/systemd/"$NSPAWN_CGROUP" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    find "$(nspawn_cgroup_dir)" /sys/fs/cgroup/systemd/"$NSPAWN_CGROUP" /sys/fs/cgroup/cpuset/"$NSPAWN_CGROUP" -depth \
+      -type d -exec rmdir {} + 2>/dev/null || true
   fi
   return 0
 }
@@ -140,4 +155,12 @@ nspawn_cgroup_dir() { # the cgroup v2 directory of NSPAWN_CGROUP (cpu.stat: usag
     if [ -e "$base/cgroup.controllers" ]; then echo "$base/$NSPAWN_CGROUP"; return 0; fi
   done
   echo "nspawn: no cgroup v2 hierarchy" >&2; return 1
+}
+
+nspawn_cpuset_dir() { # the cpuset cgroup of NSPAWN_CGROUP: v2 (the container's own) where its parent has the
+  local v2                                    # controller, else the v1 cpuset hierarchy's
+  v2=$(nspawn_cgroup_dir) || return 1
+  if grep -qw cpuset "${v2%/*}/cgroup.controllers"; then echo "$v2"; return 0; fi
+  if [ -e /sys/fs/cgroup/cpuset/cpuset.cpus ]; then echo "/sys/fs/cgroup/cpuset/$NSPAWN_CGROUP"; return 0; fi
+  echo "nspawn: no cpuset controller (cgroup v2 or v1)" >&2; return 1
 }

@@ -46,7 +46,7 @@ def main() -> int:
     left.set_xscale("log")
     left.set_xlabel("requests/s (median, min-max bars), HTTPS, keep-alive")
     bars(right, rq, lambda r: COLORS[r[2]])
-    right.set_xlabel(f"rq jobs/s ({meta['rq_jobs']} jobs)")
+    right.set_xlabel("rq jobs/s (" + ", ".join(f"{n} {kind}" for kind, n in meta["rq_jobs"].items()) + " jobs)")
     fig.suptitle(
         f"make bench, commit {meta['commit']} ({meta['mode']}): server pinned to 1 CPU, wrk to another; "
         f"{meta['machine']['nproc']} x {meta['machine']['cpu_model']}",

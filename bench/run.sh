@@ -38,7 +38,7 @@ exec 9>"$CACHE/lock"
 flock -n 9 || { echo "bench: another bench runs on this machine; waiting for it"; flock 9; }
 
 COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo uncommitted)
-if [ -n "$(git -C "$REPO" status --porcelain -- provision app bench 2>/dev/null)" ]; then COMMIT=$COMMIT-dirty; fi
+if [ -n "$(git -C "$REPO" status --porcelain -- provision app bench ':!bench/results' 2>/dev/null)" ]; then COMMIT=$COMMIT-dirty; fi
 WORK=$(mktemp -d /var/tmp/kiln-bench.XXXXXX)
 finish() {
   local rc=$?

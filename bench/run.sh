@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # make bench (issue 13): how fast the server of the nspawn tier serves, side by side with DigitalOcean's Django 1-Click
 # configuration, in one run: boots the provisioned root file system (tests/hardening/nspawn-lib.sh, as
-# tests/provision/nspawn-check.sh provisions it) in a systemd-nspawn container pinned to one CPU (a 1-vCPU VPS), with
+# tests/provision/nspawn-check.sh provisions it) in a systemd-nspawn container confined to one CPU (a 1-vCPU VPS), with
 # a network of its own (loopback only), and measures it with wrk pinned to the other CPU (bench/bench.py).
 # Prints a table; writes bench/results/<commit>-nspawn.json and .png. Exit 0 only when every validity gate passed;
 # a run that fails one prints which, and no figures.
 # Usage: bench/run.sh   (root)
-#   BENCH_QUICK=1         short cells, 2 repetitions, 200 jobs (make test: the harness must not rot; <= 90 s warm)
+#   BENCH_QUICK=1         1 s cells, 2 repetitions, 100/50 jobs (make test-bench, in make test: the harness must not
+#                         rot; ~75 s with a cached rootfs)
 #   BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1   the CPUs of the container and of the load generator
 #   BENCH_KEEP=1          leave the container running at the end (its init pid printed) until a file says stop
-# The provisioned rootfs is cached in /var/tmp/kiln-bench-cache, keyed by provision/, app/, the rootfs recipe and the
-# peer's requirements: the first run after a change there provisions it (install.sh offline, ~2-3 min), the rest
+# The provisioned rootfs is cached in /var/tmp/kiln-bench-cache, keyed by provision/, app/ and the rootfs recipe (the
+# peer's packages beside it): the first run after a change there provisions it (install.sh offline, ~1-2 min), the rest
 # boot it at once (--volatile=overlay: every run is the first boot of a fresh instance; nothing is written back).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -52,9 +52,10 @@ app-check: ## Check the app's contract ([tool.kiln] in APP/pyproject.toml) for D
 	$(call stage,app-check $(APP),python3 provision/files/usr/local/lib/kiln/kiln_app.py check $(APP) --distro $(DISTRO))
 
 .PHONY: image
-# app-check first: a contract that cannot work stops the build before anything is installed or baked.
-image: app-check ## Build the VPS qcow2 + Vagrant box + manifest into build/$(DISTRO)/ (installs packer, qemu, ...)
-	$(call stage,image $(DISTRO),packer/scripts/build.sh)
+# app-check first: a contract that cannot work stops the build before anything is installed or baked (build.sh checks
+# it again, for a build started without make).
+image: app-check ## Build the VPS qcow2 + Vagrant box + manifest of APP into build/$(DISTRO)/ (installs packer, qemu, ...)
+	$(call stage,image $(DISTRO) $(APP),APP_DIR=$(abspath $(APP)) packer/scripts/build.sh)
 
 .PHONY: image-check
 image-check: ## Image hygiene (DigitalOcean rules, stricter), a boot as a Hetzner server (metadata API), two boots with QEMU + NoCloud

@@ -25,6 +25,12 @@ PKG_SSH=(openssh-server)
 PKG_SERVICES=(fail2ban python3-systemd apparmor auditd systemd-timesyncd sysstat debsums needrestart)
 PKG_ACCOUNTS=(libpam-passwdqc libpam-tmpdir)
 PKG_LOGS=(logrotate)
+# Backups (kiln-backup): restic, and the database's dump tool and server binary (the restore test runs a throw-away
+# server of its own)
+PKG_BACKUP=(restic)
+DB_DUMP=mariadb-dump
+DB_SERVER_BIN=/usr/sbin/mariadbd
+DB_INSTALL_DB=mariadb-install-db
 # Build-time only (purged after the wheels are built) vs. the runtime library the compiled mysqlclient links to.
 PKG_BUILD_DEPS=(build-essential default-libmysqlclient-dev pkg-config python3-dev)
 PKG_APP_RUNTIME=(libmariadb3)

@@ -25,6 +25,12 @@ PKG_SSH=(openssh-server)
 PKG_SERVICES=(fail2ban python3-systemd apparmor auditd systemd-timesyncd sysstat debsums needrestart)
 PKG_ACCOUNTS=(libpam-passwdqc libpam-tmpdir)
 PKG_LOGS=(logrotate)
+# Backups (kiln-backup): restic, and the database's dump tool and server binary (the restore test runs a throw-away
+# server of its own); MySQL initialises its datadir itself (--initialize-insecure)
+PKG_BACKUP=(restic)
+DB_DUMP=mysqldump
+DB_SERVER_BIN=/usr/sbin/mysqld
+DB_INSTALL_DB=
 PKG_BUILD_DEPS=(build-essential default-libmysqlclient-dev pkg-config python3-dev)
 PKG_APP_RUNTIME=(libmysqlclient21)
 # nginx 1.24 has no `http2 on;` (added in 1.25.1); `listen ... http2` would need a different listen line: skip HTTP/2.

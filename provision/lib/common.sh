@@ -203,22 +203,29 @@ KILN_SWAPFILE=/swapfile.kiln
 # shellcheck disable=SC2034
 KILN_DB_SIZING_CNF=91-kiln-sizing.cnf
 
-# disk_check [PATH...]: the use of each file system holding a PATH (default / and /srv, each file system once), one
-# line each; a warning (stderr) for each at KILN_DISK_WARN_PCT or above. It never fails: a full disk is news for the
-# operator, not a reason to stop what called it. The one disk check of Kiln: packer/scripts/guest-verify.sh (the
-# image build's verify), kiln-retention (daily, into the journal) and whatever reports the server's state call it.
+# disk_check [PATH...]: the use of each file system holding a PATH (default / and /srv, each file system once), its
+# blocks and its inodes, one line each; a warning (stderr) for each whose blocks or inodes are at KILN_DISK_WARN_PCT
+# or above. It never fails: a full disk is news for the operator, not a reason to stop what called it. The one disk
+# check of Kiln: `kiln status` (every local file system; packer/scripts/guest-verify.sh, the image build's verify,
+# through it), kiln-retention (daily, into the journal) and the tests call it. A file system without inode counts
+# (btrfs, vfat) says "inodes -".
 # shellcheck disable=SC2120  # the paths are optional
 disk_check() {
-  local paths=("$@") fs size avail pct target seen=" "
+  local paths=("$@") fs size avail pct target seen=" " ipct line
+  local -A inodes=()
   [ ${#paths[@]} -gt 0 ] || paths=(/ /srv)
+  while read -r _ _ _ _ ipct target; do inodes[$target]=${ipct%\%}; done < <(df -P -i "${paths[@]}" | tail -n +2)
   while read -r fs size _ avail pct target; do
     [[ $seen == *" $target "* ]] && continue
     seen+="$target "
-    pct=${pct%\%}
-    if [ "$pct" -ge "$KILN_DISK_WARN_PCT" ]; then
-      warn "disk $target ($fs): ${pct}% used, ${avail} free of ${size}: at or above ${KILN_DISK_WARN_PCT}%"
+    pct=${pct%\%}; ipct=${inodes[$target]:--}
+    [[ $pct =~ ^[0-9]+$ ]] || pct=0   # no block counts (proc and the like): nothing to fill
+    line="disk $target ($fs): ${pct}% used, ${avail} free of ${size}; inodes -"
+    [[ ! $ipct =~ ^[0-9]+$ ]] || line="${line%-}${ipct}% used"
+    if [ "$pct" -ge "$KILN_DISK_WARN_PCT" ] || { [[ $ipct =~ ^[0-9]+$ ]] && [ "$ipct" -ge "$KILN_DISK_WARN_PCT" ]; }; then
+      warn "$line: at or above ${KILN_DISK_WARN_PCT}%"
     else
-      log "disk $target ($fs): ${pct}% used, ${avail} free of ${size}"
+      log "$line"
     fi
   done < <(df -P -h "${paths[@]}" | tail -n +2)
   return 0

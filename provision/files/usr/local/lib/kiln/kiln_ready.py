@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -191,16 +192,40 @@ def check_http(path: str, allowed_hosts: str) -> str:
     return f"GET {url} (Host: {host}) -> {status}"
 
 
-def timed(name: str, check: Callable[[], str], quiet: bool) -> bool:
+@dataclass
+class Result:
+    """One check's outcome: ok, what it did (or what went wrong), how long it took."""
+
+    name: str
+    ok: bool
+    detail: str
+    ms: float
+
+
+def run_check(name: str, check: Callable[[], str]) -> Result:
     start = time.monotonic()
     try:
-        did = check()
+        did, ok = check(), True
     except NotReady as exc:
-        print(f"kiln-ready: {name} NOT READY ({exc})", file=sys.stderr)
-        return False
-    if not quiet:
-        print(f"kiln-ready: {name} ok ({(time.monotonic() - start) * 1000:.0f} ms: {did})")
-    return True
+        did, ok = str(exc), False
+    return Result(name, ok, did, (time.monotonic() - start) * 1000)
+
+
+def run_checks(env_file: Path = ENV_FILE, app_file: Path = APP_ENV) -> list[Result]:
+    """Every check, in order, whatever failed before (the instance's env and the release's contract read first: a
+    missing one is one failed check, "env"). `kiln status` reports these too."""
+    try:
+        env, app = read_env(env_file), read_app_env(app_file)
+    except OSError as exc:
+        return [Result("env", False, str(exc), 0.0)]
+    has_workers = bool(app.get("KILN_APP_WORKERS"))
+    checks = {
+        "database": lambda: check_database(env.get("DATABASE_URL", "")),
+        "cache": lambda: check_redis(env.get("CACHE_URL") or env.get("REDIS_URL", ""), write=False),
+        "queue": lambda: check_redis(env.get("QUEUE_URL", ""), write=has_workers),
+        "app": lambda: check_http(str(app.get("KILN_APP_HEALTH") or "/"), env.get("ALLOWED_HOSTS", "")),
+    }
+    return [run_check(name, check) for name, check in checks.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,19 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app", type=Path, default=APP_ENV, help=f"the release's resolved contract [{APP_ENV}]")
     parser.add_argument("--quiet", action="store_true", help="print only what is not ready")
     args = parser.parse_args(argv)
-    try:
-        env, app = read_env(args.env), read_app_env(args.app)
-    except OSError as exc:
-        print(f"kiln-ready: NOT READY: {exc}", file=sys.stderr)
+    results = run_checks(args.env, args.app)
+    if len(results) == 1 and results[0].name == "env":
+        print(f"kiln-ready: NOT READY: {results[0].detail}", file=sys.stderr)
         return 1
-    has_workers = bool(app.get("KILN_APP_WORKERS"))
-    checks = {
-        "database": lambda: check_database(env.get("DATABASE_URL", "")),
-        "cache": lambda: check_redis(env.get("CACHE_URL") or env.get("REDIS_URL", ""), write=False),
-        "queue": lambda: check_redis(env.get("QUEUE_URL", ""), write=has_workers),
-        "app": lambda: check_http(str(app.get("KILN_APP_HEALTH") or "/"), env.get("ALLOWED_HOSTS", "")),
-    }
-    failed = [name for name, check in checks.items() if not timed(name, check, args.quiet)]
+    for r in results:
+        if not r.ok:
+            print(f"kiln-ready: {r.name} NOT READY ({r.detail})", file=sys.stderr)
+        elif not args.quiet:
+            print(f"kiln-ready: {r.name} ok ({r.ms:.0f} ms: {r.detail})")
+    failed = [r.name for r in results if not r.ok]
     if failed:
         print(f"kiln-ready: NOT READY: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -11,6 +11,9 @@ for f in "$KILN_PROVISION_DIR"/distro/*.sh; do
   install_file "$f" "/usr/local/lib/kiln/distro/$(basename "$f")" 0644 || true
 done
 put usr/local/sbin/kiln-release 0755 || true
+# The operator's command (`kiln help`): kiln_cli.py, run by /usr/local/sbin/kiln; it imports kiln_ready.py.
+put usr/local/sbin/kiln 0755 || true
+put usr/local/lib/kiln/kiln_cli.py 0644 || true
 # The app contract's reader (kiln-release checks and renders with it) and Kiln's readiness check of any app.
 put usr/local/lib/kiln/kiln_app.py 0644 || true
 put usr/local/lib/kiln/kiln_ready.py 0755 || true

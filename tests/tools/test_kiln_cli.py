@@ -7,7 +7,6 @@ backup status records, the instance env's mail settings, unit and program states
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -18,19 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_app_render import LIB, ROOT, load
 
-ROOT = Path(__file__).resolve().parents[2]
 KILN = ROOT / "provision" / "files" / "usr" / "local" / "sbin" / "kiln"
-LIB = ROOT / "provision" / "files" / "usr" / "local" / "lib" / "kiln"
 SITE = ROOT / "provision" / "files" / "etc" / "nginx" / "sites-available" / "kiln"
 SNIPPET = ROOT / "provision" / "files" / "etc" / "nginx" / "snippets" / "kiln-maintenance.conf"
-
-
-def load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 cli = load("kiln_cli", LIB / "kiln_cli.py")
@@ -166,10 +157,20 @@ def test_backups_off_without_a_repository_is_said_loudly_without_degrading(tmp_p
     r = cli.Report()
     cli.judge_backups(r, {"SECRET_KEY": "x"}, tmp_path)
     print(r)
-    assert r.parts["backups"] == {"configured": False, "backup": None, "restore_test": None}
+    assert r.parts["backups"] == {
+        "configured": False,
+        "off": "no KILN_BACKUP_REPOSITORY in the instance env",
+        "backup": None,
+        "restore_test": None,
+    }
     assert any(n.startswith("BACKUPS OFF") for n in r.notices) and r.exit == cli.EXIT_OK
     text = cli.render_text(r)
     assert "backups      OFF" in text and "!!! BACKUPS OFF" in text and "last backup        never" in text
+    # kiln-backup's own verdict: a repository without its password is OFF too, and its run is no failure
+    record(tmp_path / "backup.json", ok=False, error="backups OFF: no KILN_BACKUP_PASSWORD", backups="OFF")
+    r = cli.Report()
+    cli.judge_backups(r, {"KILN_BACKUP_REPOSITORY": "/var/backups/kiln"}, tmp_path)
+    assert r.notices[0].startswith("BACKUPS OFF: backups OFF: no KILN_BACKUP_PASSWORD") and r.exit == cli.EXIT_OK
 
 
 def test_a_backup_never_run_says_never_and_a_failed_one_degrades(tmp_path):

@@ -338,23 +338,26 @@ def read_record(path: Path) -> dict | None:
 
 
 def judge_backups(report: Report, env: dict[str, str], status_dir: Path) -> None:
+    """Backups OFF (loudly, not degraded) without KILN_BACKUP_REPOSITORY, or when kiln-backup's last run said OFF (a
+    repository without its password...); else each record: never (no file), ok, or FAILED (degraded)."""
     repo = env.get("KILN_BACKUP_REPOSITORY", "")
-    part: dict[str, object] = {"configured": bool(repo)}
-    if not repo:
-        report.notices.append(
-            "BACKUPS OFF: no KILN_BACKUP_REPOSITORY in the instance env "
-            "(set it in /etc/kiln/overrides.env, then: kiln reconfigure)"
-        )
-    for key, name, what in (
-        ("backup", "backup.json", "last backup"),
-        ("restore_test", "restore-test.json", "last restore test"),
-    ):
-        rec = read_record(status_dir / name)
+    recs = {
+        "backup": ("last backup", read_record(status_dir / "backup.json")),
+        "restore_test": ("last restore test", read_record(status_dir / "restore-test.json")),
+    }
+    off = "" if repo else "no KILN_BACKUP_REPOSITORY in the instance env"
+    last = recs["backup"][1]
+    if repo and last and last.get("backups") == "OFF":
+        off = str(last.get("error") or "kiln-backup's last run found them OFF")
+    part: dict[str, object] = {"configured": not off, "off": off or None}
+    if off:
+        report.notices.append(f"BACKUPS OFF: {off} (set up: /etc/kiln/overrides.env, then kiln reconfigure)")
+    for key, (what, rec) in recs.items():
         part[key] = rec
         if rec is None:
-            if repo:
+            if not off:
                 report.notices.append(f"{what}: never")
-        elif not rec["ok"]:
+        elif not rec["ok"] and rec.get("backups") != "OFF":
             report.warnings.append(
                 f"{what} FAILED {rec.get('finished_at') or ''}: {rec.get('error') or 'no error given'}"
             )

@@ -147,6 +147,7 @@ def test_startproject_tree_without_a_contract_gets_the_defaults(tmp_path):
         "health": "/",
         "queues": None,
         "workers": {},
+        "job-timeout": 180,
         "timers": {},
     }
 

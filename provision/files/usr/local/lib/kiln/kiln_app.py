@@ -8,7 +8,8 @@ Nothing of the app is imported; standard library only (Python >= 3.11: the build
 
   kiln_app.py check APP_DIR [--python X.Y | --distro NAME]   "app-check: NAME VERSION: ok", or every problem, one a line
   kiln_app.py show  APP_DIR [--format json|env] [same target]  the resolved contract (env: KILN_APP_*=... lines, bash)
-  kiln_app.py render APP_DIR --out DIR [same target]           the app's server config (supervisor, systemd, nginx)
+  kiln_app.py render APP_DIR --out DIR [--release DIR] [same target]  the app's server config (supervisor, systemd,
+                                                                       nginx)
   kiln_app.py docs                                              the keys as a Markdown table
 
 The target Python (whose version must be in the app's range): --python, or the PYTHON_VERSION of the distro profile
@@ -154,6 +155,10 @@ def check_processes(value: int) -> str | None:
     return None if value >= 1 else f"must be at least 1, not {value}"
 
 
+def check_seconds(value: int) -> str | None:
+    return None if value >= 1 else f"must be a number of seconds >= 1, not {value}"
+
+
 def check_calendar(value: str) -> str | None:
     if not value.strip():
         return "must not be empty (a systemd OnCalendar= expression, e.g. 'daily')"
@@ -283,6 +288,14 @@ SCHEMA: dict[str, Key] = {
             ),
             "processes": Key("integer", "how many worker processes the group runs", 1, check=check_processes),
         },
+    ),
+    "job-timeout": Key(
+        "integer",
+        "the longest an rq job of the app runs, in seconds (its longest `job_timeout`): a deploy's warm restart of the "
+        "workers, and any stop of them, waits that long plus a margin for the running job to finish",
+        180,
+        "`180` (rq's default job timeout)",
+        check_seconds,
     ),
     "timers": Key(
         "table",
@@ -619,6 +632,7 @@ CURRENT = "/srv/kiln/current"  # the current release: app/, venv/, static/, kiln
 ENV_FILE = "/etc/kiln/kiln.env"  # the instance's settings, which the app reads (KILN_ENV_FILE)
 APP_ENV = f"KILN_ENV_FILE={ENV_FILE} HOME=/srv/kiln LANG=C.UTF-8 PYTHONUNBUFFERED=1"
 RENDERED = "Rendered by kiln-release from the current release's contract ([tool.kiln] of its pyproject.toml)"
+JOB_STOP_MARGIN = 60  # supervisor's wait for a stopped worker beyond its job's timeout: rq's own bookkeeping
 SYSTEMD_SAFE = re.compile(r"[A-Za-z0-9_./:=,+@-]+")
 
 
@@ -660,8 +674,8 @@ def supervisor_workers(c: dict[str, Any]) -> str:
             "startsecs=5",
             "startretries=100",
             "stopsignal=TERM",
-            "; >= the longest job's timeout + margin (the reference app's EXPORT_JOB_TIMEOUT: 300)",
-            "stopwaitsecs=360",
+            f"; the contract's job-timeout ({c['job-timeout']} s) + {JOB_STOP_MARGIN} s: a running job finishes",
+            f"stopwaitsecs={c['job-timeout'] + JOB_STOP_MARGIN}",
             "stopasgroup=true",
             "killasgroup=true",
             "redirect_stderr=true",
@@ -711,14 +725,17 @@ WantedBy=timers.target
     return service, unit
 
 
-def nginx_snippets(c: dict[str, Any]) -> dict[str, str]:
-    """The app's locations in Kiln's nginx site: static files (HTTPS server), the health path (HTTP server)."""
+def nginx_snippets(c: dict[str, Any], release: str = CURRENT) -> dict[str, str]:
+    """The app's locations in Kiln's nginx site: static files (HTTPS server), the health path (HTTP server).
+    release: the release's own directory (kiln-release gives it), so the static files switch with the nginx reload
+    that switches the upstream to that release's gunicorn, not earlier with the `current` link."""
     https = f"""\
 # {RENDERED}: do not edit.
 # Included by the HTTPS server of /etc/nginx/sites-available/kiln.
-# The static files (static-url) from the current release's static/ (collectstatic's output, or a link to static-root).
+# The static files (static-url) from the release's static/ (collectstatic's output, or a link to static-root): its
+# own directory, switched with the nginx reload that sends the pages to its gunicorn (kiln-release's deploy).
 location ^~ {c["static-url"]} {{
-    alias {CURRENT}/static/;
+    alias {release}/static/;
     # 7 days, not a year: file names need not be hashed (ManifestStaticFilesStorage would allow `expires max` +
     # immutable). Each release has its own static dir, switched with `current`.
     expires 7d;
@@ -738,11 +755,11 @@ location ^~ {c["static-url"]} {{
     return {"kiln-app.conf": https, "kiln-app-http.conf": http}
 
 
-def render(app: App) -> dict[str, str]:
+def render(app: App, release: str = CURRENT) -> dict[str, str]:
     """The app's server configuration, {path under the output folder: content}: supervisor/kiln-workers.conf (no
     file: no worker group), systemd/kiln-app-NAME.{service,timer} per timer, nginx/kiln-app{,-http}.conf."""
     c = app.contract
-    files = {f"nginx/{name}": text for name, text in nginx_snippets(c).items()}
+    files = {f"nginx/{name}": text for name, text in nginx_snippets(c, release).items()}
     if c["workers"]:
         files["supervisor/kiln-workers.conf"] = supervisor_workers(c)
     for name in c["timers"]:
@@ -794,6 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--format", choices=("json", "env"), default="json")
     rend = sub.add_parser("render", help="the server's configuration of the app, written into --out (kiln-release)")
     rend.add_argument("--out", metavar="DIR", type=Path, required=True, help="an empty or new folder")
+    rend.add_argument("--release", metavar="DIR", default=CURRENT, help=f"the release's directory [{CURRENT}]")
     sub.add_parser("docs", help="the contract's keys as a Markdown table")
     for p in (check, show, rend):
         p.add_argument("app_dir", metavar="APP_DIR", type=Path, help="the folder with manage.py")
@@ -822,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print(f"{PREFIX}{app.name} {app.version}: ok")
     elif args.command == "render":
-        for rel, text in render(app).items():
+        for rel, text in render(app, args.release).items():
             (args.out / rel).parent.mkdir(parents=True, exist_ok=True)
             (args.out / rel).write_text(text, encoding="utf-8")
             print(rel)

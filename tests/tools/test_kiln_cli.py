@@ -218,7 +218,7 @@ def unit(active: str, sub: str = "", load: str = "loaded") -> dict[str, str]:
     return {"LoadState": load, "ActiveState": active, "SubState": sub}
 
 
-def test_a_core_unit_down_a_failed_unit_or_a_stopped_timer_is_not_ready():
+def test_a_core_unit_down_or_a_failed_unit_is_not_ready_and_a_stopped_timer_degraded():
     core = cli.core_units("mariadb.service")
     states = {u: unit("active", "running") for u in core}
     states |= {u: unit("inactive", "dead") for u in cli.FIRSTBOOT_UNITS}  # done at an earlier boot: fine
@@ -233,10 +233,18 @@ def test_a_core_unit_down_a_failed_unit_or_a_stopped_timer_is_not_ready():
     print(r.problems)
     assert r.exit == cli.EXIT_NOT_READY and set(r.problems) == {
         "redis-server@queue.service is inactive (dead)",
-        "kiln-retention.timer is inactive",
         "kiln-firstboot-db.service failed",
         "ssh.service failed",
     }
+    assert r.warnings == [
+        "kiln-retention.timer is inactive: what it schedules does not run (systemctl start kiln-retention.timer)"
+    ]
+    # a timer alone not running degrades, it does not stop the app
+    r = cli.Report()
+    cli.judge_units(
+        r, states | {u: unit("active", "running") for u in core} | {cli.FIRSTBOOT_UNITS[2]: unit("active")}, core, []
+    )
+    assert r.problems == [] and r.exit == cli.EXIT_DEGRADED
 
 
 def test_a_program_not_running_or_missing_is_not_ready():

@@ -59,7 +59,7 @@ UNDELIVERED_MAIL = {"consolemail", "filemail", "memorymail", "dummymail"}
 EXIT_OK, EXIT_DEGRADED, EXIT_USAGE, EXIT_NOT_READY = 0, 1, 2, 3
 EXIT_CODES = [
     (EXIT_OK, "ok: all is well, the command did its work"),
-    (EXIT_DEGRADED, "degraded (status: disk, pending reboot, failed backup...) or the command failed"),
+    (EXIT_DEGRADED, "degraded (status: disk, a pending reboot, a stopped timer, a failed backup) or it failed"),
     (EXIT_USAGE, "usage: an unknown subcommand or wrong arguments"),
     (EXIT_NOT_READY, "not ready (status): a Kiln unit or program is down or failed, or the readiness check fails"),
 ]
@@ -191,15 +191,19 @@ def judge_units(report: Report, states: dict[str, dict[str, str]], core: list[st
         st = states.get(unit, {})
         load, active, sub = st.get("LoadState", "not-found"), st.get("ActiveState", "unknown"), st.get("SubState", "")
         state = f"{active} ({sub})" if sub else active
+        degraded = False
         if load != "loaded":
             ok, why = False, f"{unit} is {load}"
-        elif unit in core or unit.endswith(".timer"):
+        elif unit in core:
             ok, why = active == "active", f"{unit} is {state}"
+        elif unit.endswith(".timer"):  # the app serves without it, but what it schedules does not happen
+            ok, why = active == "active", f"{unit} is {state}: what it schedules does not run (systemctl start {unit})"
+            degraded = active != "failed"
         else:  # oneshots: done, waiting, or running now; never failed
             ok, why = active != "failed", f"{unit} failed"
         rows.append({"unit": unit, "state": state, "ok": ok})
         if not ok:
-            report.problems.append(why)
+            (report.warnings if degraded else report.problems).append(why)
     for unit in failed:
         if unit not in states:
             rows.append({"unit": unit, "state": "failed", "ok": False})

@@ -178,6 +178,8 @@ def test_a_backup_never_run_says_never_and_a_failed_one_degrades(tmp_path):
     r = cli.Report()
     cli.judge_backups(r, env, tmp_path)
     assert "last backup: never" in r.notices and "last restore test: never" in r.notices and r.exit == 0
+    text = cli.render_text(r)
+    assert "backups      on" in text and "last backup        never" in text and "last restore test  never" in text
     record(tmp_path / "backup.json")
     record(tmp_path / "restore-test.json", ok=False, error="restic check: pack 1234 is damaged")
     r = cli.Report()

@@ -1,0 +1,214 @@
+"""Backups and disaster recovery (kiln-backup, README "Backups and disaster recovery") on the target, into an S3
+bucket of a local S3 server: moto's, started on this machine's loopback and reached from the target through an SSH
+remote forward over the suites' own ssh config (bounded by `timeout`, ended with the module).
+
+  - off by default: the timers are enabled, and the service's run without settings exits cleanly saying OFF;
+  - records written through the app and a media file -> `kiln-backup backup` into the bucket -> the database dropped
+    and the media file deleted -> `kiln-backup restore` -> every record back, equal, the file back, the app serving;
+  - the restore test passes on that snapshot, and fails once a pack file in the bucket is damaged;
+  - a dump that breaks mid-way (mariadb-dump's output cut) is not accepted as a backup: no new snapshot.
+
+The backup settings go to kiln-backup in a test env file (the instance env plus KILN_BACKUP_*, KILN_BACKUP_ENV_FILE):
+a `kiln-firstboot --reconfigure` would restart the app twice for nothing the fast tests do not cover
+(tests/tools/test_backup_config.py). The suites' SSH user may only forward locally (the box's sshd Match block): for
+the module, a drop-in lets it forward remotely too; it is removed, and sshd reloaded, at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kilnlib import ENV_FILE, app_python, app_user, out, post_record, sh, ssh_target, wait_http_ok
+
+ROOT = Path(__file__).resolve().parents[2]
+BUCKET = "kiln-backup-test"
+GUEST_PORT = 19771
+TEST_ENV = "/run/kiln-backup-test.env"
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-kiln-backup-test.conf"
+MEDIA = "/srv/kiln/shared/media"
+TIMINGS: dict[str, float] = {}
+KB = f"KILN_BACKUP_ENV_FILE={TEST_ENV} /usr/local/sbin/kiln-backup"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def moto_bin() -> str:
+    for p in (Path(sys.executable).parent / "moto_server", ROOT / ".venv" / "bin" / "moto_server"):
+        if p.exists():
+            return str(p)
+    pytest.skip("moto_server not found (the repo's .venv has it: make deps)")
+
+
+@pytest.fixture(scope="module")
+def s3(host, request):
+    """moto's S3 server on this machine's loopback, reachable in the target at 127.0.0.1:GUEST_PORT."""
+    import boto3
+
+    port = free_port()
+    moto = subprocess.Popen(
+        ["timeout", "1800", moto_bin(), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        aws_access_key_id="kiln-test",
+        aws_secret_access_key="kiln-test-secret",
+        region_name="us-east-1",
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.list_buckets()
+            break
+        except Exception:
+            if time.monotonic() > deadline or moto.poll() is not None:
+                moto.kill()
+                raise
+            time.sleep(0.3)
+    client.create_bucket(Bucket=BUCKET)
+    # Remote forwarding for the suites' user, for this module only (the image allows no forwarding at all).
+    sh(
+        host,
+        f"printf 'Match User vagrant,debian,admin\\n    AllowTcpForwarding yes\\n' > {SSHD_DROPIN} && sshd -t "
+        f"&& systemctl reload ssh",
+    )
+    opts, dest = ssh_target(request.config, host)
+    fwd = subprocess.Popen(
+        ["timeout", "1800", "ssh", *opts, "-N", "-o", "ControlMaster=no", "-o", "ControlPath=none",
+         "-o", "ExitOnForwardFailure=yes", "-R", f"127.0.0.1:{GUEST_PORT}:127.0.0.1:{port}", dest],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        cond = f"curl -s -o /dev/null http://127.0.0.1:{GUEST_PORT}/"
+        res = host.run(f"timeout 30 sh -c {shlex.quote(f'until {cond}; do sleep 0.5; done')}")
+        said = fwd.stderr.read() if fwd.poll() is not None else "(ssh still running)"
+        assert res.rc == 0, f"the forward to moto did not come up: {said}"
+        env = {
+            "KILN_BACKUP_REPOSITORY": f"s3:http://127.0.0.1:{GUEST_PORT}/{BUCKET}/kiln",
+            "KILN_BACKUP_PASSWORD": "an operator's long passphrase, kept off the server",
+            "KILN_BACKUP_AWS_ACCESS_KEY_ID": "kiln-test",
+            "KILN_BACKUP_AWS_SECRET_ACCESS_KEY": "kiln-test-secret",
+        }
+        lines = "".join(f"{k}={v}\n" for k, v in env.items())
+        sh(host, f"install -m 0600 {ENV_FILE} {TEST_ENV} && printf %s {shlex.quote(lines)} >> {TEST_ENV}")
+        yield client
+    finally:
+        fwd.terminate()
+        moto.terminate()
+        for p in (fwd, moto):
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        host.run(f"rm -f {SSHD_DROPIN} {TEST_ENV} && systemctl reload ssh; rm -rf /var/cache/kiln/restic")
+        # the status files as a server without backup settings has them
+        host.run("rm -f /var/lib/kiln/status/restore-test.json && systemctl start kiln-backup.service")
+        rep = request.config.pluginmanager.get_plugin("terminalreporter")
+        if rep and TIMINGS:
+            rep.write_line("kiln backup timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items()))
+
+
+def timed(host, what: str, cmd: str, ok=(0,)):
+    t0 = time.monotonic()
+    res = sh(host, cmd, ok=ok)
+    TIMINGS[what] = time.monotonic() - t0
+    return res
+
+
+def status(host, kind: str) -> dict:
+    return json.loads(out(host, f"cat /var/lib/kiln/status/{kind}.json"))
+
+
+def snapshot_objects(client) -> list[str]:
+    res = client.list_objects_v2(Bucket=BUCKET, Prefix="kiln/snapshots/")
+    return [o["Key"] for o in res.get("Contents", [])]
+
+
+RECORDS = (
+    "from records.models import Record\nprint(json.dumps(list(Record.objects.order_by('id').values()), default=str))\n"
+)
+
+
+def test_backups_are_off_until_configured(host):
+    assert out(host, "systemctl is-enabled kiln-backup.timer kiln-restore-test.timer").split() == ["enabled"] * 2
+    sh(host, "systemctl start kiln-backup.service")  # a oneshot: returns when it ended, rc 0
+    st = status(host, "backup")
+    assert st["ok"] is False and st["backups"] == "OFF" and st["error"].startswith("backups OFF"), st
+    assert "kiln_backup_enabled 0" in out(host, "cat /var/lib/kiln/metrics/kiln_backup.prom")
+    assert "backups OFF" in out(host, "journalctl -u kiln-backup.service -n 5 --no-pager")
+
+
+def test_backup_then_restore_brings_back_every_record_and_the_media(host, s3):
+    with app_user(host) as user:
+        for i in range(3):
+            r = post_record(host, user, f"backup test {i}", body=f"body {i}: it's (tricky); \\ and \n newline")
+            assert r.status == 201, r
+        sh(host, f"runuser -u kiln -- sh -c 'mkdir -p {MEDIA}/backup-test && printf kept > {MEDIA}/backup-test/f.txt'")
+        before = app_python(host, RECORDS)
+        assert len(before) >= 3
+        timed(host, "backup", f"{KB} backup")
+        st = status(host, "backup")
+        assert st["ok"] is True and st["snapshot"] and st["backups"] == "ON", st
+        assert len(snapshot_objects(s3)) == 1
+        # the disaster: the database and a media file gone
+        sh(host, "mariadb -e 'DROP DATABASE kiln' && rm -rf /srv/kiln/shared/media/backup-test")
+        timed(host, "restore", f"{KB} restore")
+        assert app_python(host, RECORDS) == before
+        assert out(host, f"cat {MEDIA}/backup-test/f.txt") == "kept"
+        assert out(host, f"stat -c %U {MEDIA}/backup-test/f.txt") == "kiln"
+        wait_http_ok(host, "/readyz", timeout=120)
+
+
+def test_restore_test_passes_on_the_snapshot(host, s3):
+    res = timed(host, "restore-test", f"{KB} restore-test")
+    assert "rows and migrations as in the manifest" in res.stdout, res.stdout
+    st = status(host, "restore-test")
+    assert st["ok"] is True and st["error"] is None and st["seconds"] > 0, st
+    assert not out(host, "ls /var/tmp | grep kiln-restore-test || true"), "scratch directory left behind"
+    assert not out(host, "pgrep -f 'mariadbd.*kiln-restore-test' || true"), "the throw-away server still runs"
+
+
+def test_a_dump_broken_mid_way_is_not_a_backup(host, s3):
+    before = snapshot_objects(s3)
+    fake = "/run/kiln-backup-test-bin"
+    sh(
+        host,
+        f"mkdir -p {fake} && printf '#!/bin/sh\\n/usr/bin/mariadb-dump \"$@\" | head -c 20000\\n' > {fake}/mariadb-dump"
+        f" && chmod 0755 {fake}/mariadb-dump",
+    )
+    try:
+        res = sh(host, f"PATH={fake}:$PATH {KB} backup", ok=(1,))
+    finally:
+        host.run(f"rm -rf {fake}")
+    assert "not accepted" in res.stderr, res.stderr
+    st = status(host, "backup")
+    assert st["ok"] is False and "Dump completed" in st["error"], st
+    assert snapshot_objects(s3) == before
+
+
+def test_restore_test_fails_on_a_damaged_pack(host, s3):
+    packs = s3.list_objects_v2(Bucket=BUCKET, Prefix="kiln/data/")["Contents"]
+    key = max(packs, key=lambda o: o["Size"])["Key"]
+    data = bytearray(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    mid = len(data) // 2
+    data[mid : mid + 16] = bytes(b ^ 0xFF for b in data[mid : mid + 16])
+    s3.put_object(Bucket=BUCKET, Key=key, Body=bytes(data))
+    host.run("rm -rf /var/cache/kiln/restic")  # the pack as the bucket has it, not a cached copy
+    res = timed(host, "restore-test (damaged)", f"{KB} restore-test", ok=(1,))
+    st = status(host, "restore-test")
+    assert st["ok"] is False and st["error"], (st, res.stderr)
+    assert "kiln_restore_test_last_ok 0" in out(host, "cat /var/lib/kiln/metrics/kiln_backup.prom")

@@ -132,3 +132,21 @@ def test_restore_puts_back_a_dropped_database_and_the_media(env: Env):
     assert counts(env) == tables
     assert (env.media / "uploads" / "photo.jpg").read_bytes() == b"\xff\xd8 not really a jpeg"
     assert not (env.media / "stray.txt").exists()
+
+
+def test_retention_keeps_what_it_is_told_and_a_wrong_password_opens_nothing(env: Env):
+    assert env.run("backup").returncode == 0
+    # ten older snapshots, one a day (restic's --time), of the same tag
+    for day in range(1, 11):
+        res = env.restic("backup", "--tag", "kiln-backup", "--time", f"2026-11-{day:02d} 03:00:00", str(env.media))
+        assert res.returncode == 0, res.stderr
+    env.write_env(KILN_BACKUP_KEEP_DAILY="3", KILN_BACKUP_KEEP_WEEKLY="0", KILN_BACKUP_KEEP_MONTHLY="0")
+    res = env.run("backup")
+    assert res.returncode == 0, res.stdout + res.stderr
+    days = sorted(s["time"][:10] for s in env.snapshots())
+    assert len(days) == 3 and days[:2] == ["2026-11-09", "2026-11-10"], days  # today's newest and 2 days before
+    assert "3 snapshot(s) kept" in res.stdout, res.stdout
+    env.write_env(KILN_BACKUP_PASSWORD="not the repository's password")
+    res = env.run("backup")
+    assert res.returncode == 1 and "cannot open the restic repository" in res.stderr, res.stdout + res.stderr
+    assert "initialising" not in res.stdout and len(env.snapshots()) == 3

@@ -96,7 +96,7 @@ def common(script: str, *args: str, distro: bool = False) -> subprocess.Complete
 
 
 def run(cmd: list[str]) -> int:
-    """Hand over to another tool: its output as it comes, its exit status."""
+    """Run another tool: its output as it comes, its exit status."""
     try:
         return subprocess.run(cmd, check=False).returncode
     except FileNotFoundError:
@@ -104,6 +104,18 @@ def run(cmd: list[str]) -> int:
         return EXIT_DEGRADED
     except KeyboardInterrupt:
         return 130
+
+
+def hand_over(cmd: list[str]) -> int:
+    """Become the tool (exec): its output, its signals (Ctrl-C, a timeout's TERM reach it, not a parent that would
+    leave it running), its exit status. Returns only when it cannot be run."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(cmd[0], cmd)  # noqa: S606 - a list of words, no shell
+    except OSError as exc:
+        print(f"kiln: cannot run {cmd[0]}: {exc.strerror}", file=sys.stderr)
+    return EXIT_DEGRADED
 
 
 def read_kv(path: Path) -> dict[str, str]:
@@ -525,7 +537,7 @@ def cmd_logs(args: list[str]) -> int:
     if not names:
         db = common('printf %s "$DB_SERVICE"', distro=True).stdout.strip() or "mariadb.service"
         units = ["kiln-*", "nginx.service", db, "redis-server@*", "supervisor.service"]
-        return run(["journalctl", "--no-pager", "-n", n, *(["-f"] if follow else []), *[f"-u{u}" for u in units]])
+        return hand_over(["journalctl", "--no-pager", "-n", n, *(["-f"] if follow else []), *[f"-u{u}" for u in units]])
     name = names[0]
     logfile = None
     try:
@@ -537,8 +549,8 @@ def cmd_logs(args: list[str]) -> int:
     except (OSError, xmlrpc.client.Error):
         pass
     if logfile:
-        return run(["tail", "-n", n, *(["-F"] if follow else []), logfile])
-    return run(["journalctl", "--no-pager", "-n", n, *(["-f"] if follow else []), "-u", name])
+        return hand_over(["tail", "-n", n, *(["-F"] if follow else []), logfile])
+    return hand_over(["journalctl", "--no-pager", "-n", n, *(["-f"] if follow else []), "-u", name])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -560,7 +572,7 @@ class Command:
 
 def delegate(*tool: str):
     def handler(args: list[str]) -> int:
-        return run([str(SBIN / tool[0]), *tool[1:], *args])
+        return hand_over([str(SBIN / tool[0]), *tool[1:], *args])
 
     return handler
 
@@ -571,7 +583,7 @@ def cmd_backup(verb: str):
         if not tool.exists():
             print(f"kiln: backups not installed ({tool} is missing)", file=sys.stderr)
             return EXIT_DEGRADED
-        return run([str(tool), verb, *args])
+        return hand_over([str(tool), verb, *args])
 
     return handler
 
@@ -586,7 +598,7 @@ def cmd_reconfigure(args: list[str]) -> int:
         return EXIT_DEGRADED
     if args:
         return EXIT_OK
-    return run([firstboot, "--reconfigure"])
+    return hand_over([firstboot, "--reconfigure"])
 
 
 def cmd_help(args: list[str]) -> int:

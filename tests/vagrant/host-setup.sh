@@ -30,10 +30,16 @@ if [ -d /run/systemd/system ]; then
   systemctl start virtlogd.socket libvirtd.service >/dev/null 2>&1 || systemctl start virtlogd libvirtd
 else
   mkdir -p /run/libvirt
-  pgrep -x virtlogd >/dev/null || { virtlogd -d && log "started virtlogd"; }
-  if ! pgrep -x libvirtd >/dev/null; then
-    libvirtd -d && log "started libvirtd"
-  fi
+  # The daemons outlive this script: they get none of its open files besides stdin/out/err. A lock the caller
+  # holds (`flock LOCK make test-infra`) would otherwise be held by libvirtd for good, and every later taker waits.
+  daemon() { # daemon NAME: start NAME -d with only fds 0-2
+    local fd
+    ( for fd in /proc/self/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
+      exec "$1" -d ) || return 1
+    log "started $1"
+  }
+  pgrep -x virtlogd >/dev/null || daemon virtlogd || { log "virtlogd did not start"; exit 1; }
+  pgrep -x libvirtd >/dev/null || daemon libvirtd || { log "libvirtd did not start"; exit 1; }
 fi
 for _ in $(seq 1 30); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 1; done
 virsh -c qemu:///system version >/dev/null || { log "libvirtd does not answer on qemu:///system"; exit 1; }

@@ -261,6 +261,14 @@ def test_a_program_not_running_or_missing_is_not_ready():
     r = cli.Report()
     cli.judge_programs(r, [{**worker, "statename": "FATAL"}], workers=True)
     assert r.problems == ["program kiln-worker:kiln-worker-default-0 is FATAL", "program kiln-web is missing"]
+    # a program supervisor starts only on demand (autostart=false: kiln-web-next, a deploy's) rests STOPPED
+    nxt = {"group": "kiln-web-next", "name": "kiln-web-next", "statename": "STOPPED", "description": "Not started"}
+    r = cli.Report()
+    cli.judge_programs(r, [info, nxt], workers=False, on_demand={"kiln-web-next"})
+    assert r.problems == [] and r.exit == cli.EXIT_OK
+    r = cli.Report()
+    cli.judge_programs(r, [info, nxt], workers=False)
+    assert r.problems == ["program kiln-web-next is STOPPED"]
     r = cli.Report()
     cli.judge_programs(r, None, workers=False)
     assert r.problems == ["supervisord does not answer on its socket"] and r.exit == cli.EXIT_NOT_READY

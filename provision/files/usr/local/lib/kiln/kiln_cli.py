@@ -235,7 +235,9 @@ def status_units(report: Report, db_service: str) -> None:
     judge_units(report, unit_states(list(dict.fromkeys(names))), core, failed)
 
 
-def judge_programs(report: Report, infos: list[dict] | None, workers: bool) -> None:
+def judge_programs(report: Report, infos: list[dict] | None, workers: bool, on_demand: set[str] = frozenset()) -> None:
+    """Every program RUNNING, except one supervisor does not start by itself (autostart=false: kiln-web-next, which
+    a deploy starts) while it is not running: STOPPED or EXITED is its rest."""
     rows = []
     if infos is None:
         report.problems.append("supervisord does not answer on its socket")
@@ -245,7 +247,7 @@ def judge_programs(report: Report, infos: list[dict] | None, workers: bool) -> N
     for i in infos:
         name = i["name"] if i["group"] == i["name"] else f"{i['group']}:{i['name']}"
         names.append(name)
-        ok = i["statename"] == "RUNNING"
+        ok = i["statename"] == "RUNNING" or (name in on_demand and i["statename"] in ("STOPPED", "EXITED"))
         rows.append({"program": name, "state": i["statename"], "ok": ok, "detail": i.get("description", "")})
         if not ok:
             report.problems.append(f"program {name} is {i['statename']}")
@@ -258,10 +260,16 @@ def judge_programs(report: Report, infos: list[dict] | None, workers: bool) -> N
 
 def status_programs(report: Report, app: dict) -> None:
     try:
-        infos = supervisor().getAllProcessInfo()
+        rpc = supervisor()
+        infos = rpc.getAllProcessInfo()
+        on_demand = {
+            c["name"] if c["group"] == c["name"] else f"{c['group']}:{c['name']}"
+            for c in rpc.getAllConfigInfo()
+            if not c.get("autostart", True)
+        }
     except (OSError, xmlrpc.client.Error):
-        infos = None
-    judge_programs(report, infos, bool(app.get("KILN_APP_WORKERS")))
+        infos, on_demand = None, set()
+    judge_programs(report, infos, bool(app.get("KILN_APP_WORKERS")), on_demand)
 
 
 def judge_ready(report: Report, results: list) -> None:

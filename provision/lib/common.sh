@@ -251,3 +251,46 @@ reboot_pending() {
 
 # Random secrets: hex only, so they are safe inside URLs and config files without quoting.
 gen_secret() { openssl rand -hex "${1:-24}"; }
+
+# --- The app's web server: each value stated once, here, and rendered into every consumer: kiln-gunicorn (its
+# sockets, timeouts), supervisor's kiln.conf (stopwaitsecs, rendered by step 50 with render_vars), nginx's upstream
+# (web_upstream_snippet) and kiln-release's deploys (the health gate, the drains). See kiln-release's header for the
+# deploy these make possible.
+# shellcheck disable=SC2034  # used by kiln-gunicorn, kiln-release and step 50
+KILN_WEB_SOCKET=/run/kiln/gunicorn.sock            # supervisor's kiln-web: the release that serves
+# shellcheck disable=SC2034
+KILN_WEB_NEXT_SOCKET=/run/kiln/gunicorn-next.sock  # supervisor's kiln-web-next: a deploy's new release, beside it
+# shellcheck disable=SC2034
+KILN_WEB_TIMEOUT=60            # gunicorn --timeout: a request running longer is killed (nginx waits 65 s: kiln-proxy.conf)
+KILN_WEB_GRACEFUL_TIMEOUT=30   # gunicorn --graceful-timeout: a stopped master's requests in flight finish within it
+KILN_STOP_MARGIN=15            # supervisor waits a stopped program's own bound plus this before it kills
+# shellcheck disable=SC2034
+KILN_WEB_STOPWAITSECS=$((KILN_WEB_GRACEFUL_TIMEOUT + KILN_STOP_MARGIN))
+# shellcheck disable=SC2034
+KILN_WEB_START_TIMEOUT=240     # a deploy waits at most this for its new release's gunicorn to answer (TCG: ~15 s)
+# shellcheck disable=SC2034
+KILN_HEALTH_GRACE=20           # ... and once it answers, at most this for its health path to answer 2xx
+
+# render_vars FILE: FILE with each @NAME@ replaced by the value of the shell variable NAME (the values above); a name
+# without a value stops the caller, naming it.
+render_vars() {
+  local text name
+  text=$(cat "$1") || die "cannot read $1"
+  while [[ $text =~ @([A-Z][A-Z0-9_]*)@ ]]; do
+    name=${BASH_REMATCH[1]}
+    [ -n "${!name:-}" ] || die "$1 names @$name@, which has no value (provision/lib/common.sh)"
+    text=${text//@"$name"@/${!name}}
+  done
+  printf '%s\n' "$text"
+}
+
+# web_upstream_snippet SOCKET: the gunicorn nginx sends the app's requests to (the upstream kiln_app of
+# conf.d/kiln.conf includes it): kiln-web's socket, or kiln-web-next's while a deploy moves kiln-web to its new
+# release. 0 = written, 1 = unchanged.
+web_upstream_snippet() {
+  write_file /etc/nginx/snippets/kiln-upstream.conf 0644 root:root <<EOS
+# Written by kiln-release (and step 60-nginx): the gunicorn that serves the app. $KILN_WEB_SOCKET is kiln-web's;
+# $KILN_WEB_NEXT_SOCKET (kiln-web-next) only while a deploy restarts kiln-web.
+server unix:$1 fail_timeout=0;
+EOS
+}

@@ -10,6 +10,8 @@ if put usr/local/bin/kiln-gunicorn 0755; then need_restart kiln-web; fi
 if put usr/local/lib/kiln/gunicorn.conf.py; then need_restart kiln-web; fi
 if put usr/local/bin/kiln-rqworker 0755; then need_restart kiln-worker; fi
 # kiln-workers.conf, the worker groups' programs, is the app's: kiln-release renders it from the contract (step 40).
-if put etc/supervisor/conf.d/kiln.conf; then need_reload supervisor; fi
+# kiln-web and kiln-web-next, their timeouts from lib/common.sh (render_vars).
+conf=$(render_vars "$KILN_FILES/etc/supervisor/conf.d/kiln.conf")
+if printf '%s\n' "$conf" | write_file /etc/supervisor/conf.d/kiln.conf 0644 root:root; then need_reload supervisor; fi
 if put etc/systemd/system/supervisor.service.d/kiln.conf; then need_restart daemon-reload; fi
 svc_enable supervisor.service || true

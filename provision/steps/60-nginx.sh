@@ -16,6 +16,8 @@ printf '# HTTP/2 (distro-specific syntax, from provision/distro/%s.sh)\n%s\n' "$
 # The upload limit the instance has (kiln-firstboot renders it again from its env at every (re)configuration).
 limit=$(sed -n 's/^MAX_UPLOAD_BYTES=\([0-9][0-9]*\)$/\1/p' /etc/kiln/kiln.env 2>/dev/null | tail -n 1 || true)  # no env yet: an offline install
 upload_limit_snippet "${limit:-$KILN_MAX_UPLOAD_BYTES}" && reload=1
+# The upstream: kiln-web's socket (a deploy points it at kiln-web-next's for a moment, and back: kiln-release).
+web_upstream_snippet "$KILN_WEB_SOCKET" && reload=1
 ensure_symlink ../sites-available/kiln /etc/nginx/sites-enabled/kiln && reload=1
 if [ -e /etc/nginx/sites-enabled/default ] || [ -L /etc/nginx/sites-enabled/default ]; then
   remove_path /etc/nginx/sites-enabled/default; reload=1

@@ -229,6 +229,9 @@ no_change_run() { # no_change_run LABEL NAME CMD...: CMD, a provisioning run, mu
   snapshot >"$WORK/snap-$name-2.txt"
   tail -1 "$WORK/install-$name.log" | sed -u 's/^/  | /'
   check "${label}second run reports 0 changes (${NO_CHANGE_SECS}s)" grep -q ': 0 change(s)' "$WORK/install-$name.log"
+  if ! grep -q ': 0 change(s)' "$WORK/install-$name.log"; then  # which step changed what
+    grep -e 'changed: ' -e '^==> \[' "$WORK/install-$name.log" | grep -B1 'changed: ' | sed 's/^/      /' || true
+  fi
   if diff -u "$WORK/snap-$name-1.txt" "$WORK/snap-$name-2.txt" >"$WORK/snap-$name.diff"; then
     ok "${label}checksums of /etc, /srv/kiln, /usr/local, dpkg list, pip freeze, service PIDs unchanged"
   else
@@ -536,7 +539,13 @@ if [ "${KILN_NSPAWN_SECOND_APP:-1}" != 0 ]; then
     cx bash -c '! command -v gcc && ! command -v cc && ! dpkg -s build-essential 2>/dev/null | grep -q "ok installed"'
   programs=$(cx supervisorctl status | awk '{print $1}' | LC_ALL=C sort | xargs || true)
   check "second app: supervisor runs its worker groups only (urgent: 1, bulk: 2): $programs" test "$programs" = \
-    "kiln-web kiln-worker:kiln-worker-bulk-0 kiln-worker:kiln-worker-bulk-1 kiln-worker:kiln-worker-urgent-0"
+    "kiln-web kiln-web-next kiln-worker:kiln-worker-bulk-0 kiln-worker:kiln-worker-bulk-1 kiln-worker:kiln-worker-urgent-0"
+  # The switch from the reference app was a deploy on a running instance (kiln-release's header): the new app started
+  # beside the old one as kiln-web-next, gated on its health path, nginx to it, kiln-web restarted on it, nginx back.
+  check "second app: deployed beside the reference app (kiln-web-next gated on $KILN_APP_HEALTH, nginx to it and back to kiln-web)" bash -c \
+    "grep -q 'kiln-web-next ($VERSION-second): GET $KILN_APP_HEALTH -> 2' '$WORK/install-app2.log' && grep 'kiln-release: nginx -> ' '$WORK/install-app2.log' | sed -n 's/.*nginx -> \([^ ]*\).*/\1/p' | xargs | grep -qx '/run/kiln/gunicorn-next.sock /run/kiln/gunicorn.sock'"
+  check "second app: kiln-web-next stopped again, nginx's upstream is kiln-web's socket" bash -c \
+    "cx supervisorctl status kiln-web-next | grep -q STOPPED && cx grep -qx 'server unix:/run/kiln/gunicorn.sock fail_timeout=0;' /etc/nginx/snippets/kiln-upstream.conf"
   for prog in kiln-worker-urgent-0:urgent kiln-worker-bulk-0:bulk kiln-worker-bulk-1:bulk; do
     check "second app: ${prog%:*} runs rq on queue ${prog#*:} only" bash -c "cx cat /proc/\$(cx supervisorctl pid kiln-worker:${prog%:*})/cmdline | tr '\\0' ' ' | grep -q 'manage.py rqworker --with-scheduler ${prog#*:} \$'"
   done

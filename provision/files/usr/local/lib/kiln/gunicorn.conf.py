@@ -10,7 +10,8 @@ worker of this master serves, there is one slot: the first import runs alone, wi
 13 s, same machine). From then on there is one slot per CPU (the rest of the workers; a HUP's new workers, while
 the old ones keep serving). A worker that dies holding a slot frees it (the kernel drops its flock). Waiting workers
 keep their heartbeat, so gunicorn's --timeout never kills them for waiting, and exit at once when the master stops.
-The marker "a worker of this master serves" is also what /usr/local/bin/kiln-rqworker waits for before it starts rq.
+The marker "a worker of this master serves" is also what /usr/local/bin/kiln-rqworker waits for before it starts rq,
+and kiln-release's deploy runs two masters for a moment (kiln-web and kiln-web-next): each keeps its own marker.
 """
 
 import contextlib
@@ -26,6 +27,16 @@ def _serving_marker(worker) -> tuple[str, str]:
     """(run directory, the marker of "a worker of this master serves"): beside kiln-gunicorn's --pid file."""
     run_dir = os.path.dirname(os.path.abspath(worker.cfg.pidfile or "gunicorn.pid"))
     return run_dir, os.path.join(run_dir, f"gunicorn-serving.{worker.ppid}")
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def post_fork(server, worker):
@@ -62,9 +73,10 @@ def post_worker_init(worker):
         return
     run_dir, serving = _serving_marker(worker)
     if not os.path.exists(serving):
-        for old in glob.glob(os.path.join(run_dir, "gunicorn-serving.*")):  # of masters gone before this one
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(old)
+        for old in glob.glob(os.path.join(run_dir, "gunicorn-serving.*")):
+            if not _alive(old.rsplit(".", 1)[-1]):  # of masters gone before this one (kiln-web-next's runs beside)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(old)
         os.close(os.open(serving, os.O_WRONLY | os.O_CREAT, 0o600))
     os.close(fd)
     worker._kiln_import_slot = None

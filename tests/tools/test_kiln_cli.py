@@ -303,6 +303,8 @@ def test_the_maintenance_snippet_answers_503_with_retry_after_except_the_probes(
     text = "\n".join(line for line in SNIPPET.read_text().splitlines() if not line.lstrip().startswith("#"))
     print(text)
     assert f"if (-f {cli.MAINTENANCE_FLAG})" in text, "the flag file kiln maintenance writes"
+    # nginx's workers (www-data) stat the flag: not under /var/lib/kiln (0750 root:kiln), where -f is always false
+    assert cli.MAINTENANCE_FLAG.parent == Path("/var/lib")
     assert 'if ($uri ~ "^/(healthz|readyz)$") { set $kiln_maintenance ""; }' in text
     assert 'if ($kiln_maintenance = "on") { return 503; }' in text
     assert "add_header Retry-After $kiln_retry_after always;" in text

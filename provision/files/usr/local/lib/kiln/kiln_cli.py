@@ -42,7 +42,8 @@ STATUS_DIR = Path("/var/lib/kiln/status")  # kiln-backup writes backup.json and 
 SUPERVISOR_SOCK = "/run/supervisor.sock"
 # While this file exists nginx answers every request but the health probes with the 50x page, 503 and Retry-After
 # (/etc/nginx/snippets/kiln-maintenance.conf tests for it at each request: no reload needed, and it outlives reboots).
-MAINTENANCE_FLAG = Path("/var/lib/kiln/maintenance")
+# nginx's workers (www-data) stat it: it is in /var/lib itself, not in /var/lib/kiln (0750 root:kiln).
+MAINTENANCE_FLAG = Path("/var/lib/kiln-maintenance")
 MAINTENANCE_SNIPPET = Path("/etc/nginx/snippets/kiln-maintenance.conf")
 LOG_LINES = 200
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import re
 import secrets
 import shlex
 import subprocess
+import sys
 import time
 import xml.parsers.expat
 import xmlrpc.client
@@ -30,9 +32,22 @@ ENV_FILE = "/etc/kiln/kiln.env"
 WEB_LOG = "/var/log/kiln/web.log"
 SOCKET = "/run/kiln/gunicorn.sock"
 GUNICORN_PID = "/run/kiln/gunicorn.pid"
-SERVICES = ["nginx", "mariadb", "redis-server@cache", "redis-server@queue", "supervisor"]
-# first boot in three stages (provision/files/usr/local/sbin/kiln-firstboot): secrets, config, database
-FIRSTBOOT_UNITS = ["kiln-firstboot-secrets", "kiln-firstboot", "kiln-firstboot-db"]
+
+
+def _kiln_cli():
+    """The server's `kiln` command as a module (provision/files/usr/local/lib/kiln/kiln_cli.py): its unit lists."""
+    path = Path(__file__).resolve().parents[2] / "provision/files/usr/local/lib/kiln/kiln_cli.py"
+    spec = importlib.util.spec_from_file_location("kiln_cli", path)
+    module = sys.modules["kiln_cli"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+KILN_CLI = _kiln_cli()
+# The units `kiln status` requires active (Debian's database unit), and first boot in three stages
+# (provision/files/usr/local/sbin/kiln-firstboot): secrets, config, database.
+SERVICES = [u.removesuffix(".service") for u in KILN_CLI.core_units("mariadb.service")]
+FIRSTBOOT_UNITS = [u.removesuffix(".service") for u in KILN_CLI.FIRSTBOOT_UNITS]
 # The server's own pending-reboot check (provision/lib/common.sh, installed with the operator commands): rc 0 and
 # the reason when a reboot is pending, rc 1 when not. The login message uses it too.
 REBOOT_PENDING = "bash -c '. /usr/local/lib/kiln/lib/common.sh && reboot_pending'"

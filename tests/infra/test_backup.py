@@ -138,6 +138,15 @@ def snapshot_objects(client) -> list[str]:
     return [o["Key"] for o in res.get("Contents", [])]
 
 
+def repair(host) -> None:
+    """After a failed restore: an empty database with the current release's schema, the app serving again."""
+    host.run(
+        "mariadb -e 'CREATE DATABASE IF NOT EXISTS kiln CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci' && "
+        'kiln-release release-commands "$(basename "$(readlink -f /srv/kiln/current)")"; '
+        "[ ! -x /usr/local/sbin/kiln ] || kiln maintenance off; supervisorctl start all"
+    )
+
+
 RECORDS = (
     "from records.models import Record\nprint(json.dumps(list(Record.objects.order_by('id').values()), default=str))\n"
 )
@@ -166,7 +175,11 @@ def test_backup_then_restore_brings_back_every_record_and_the_media(host, s3):
         assert len(snapshot_objects(s3)) == 1
         # the disaster: the database and a media file gone
         sh(host, "mariadb -e 'DROP DATABASE kiln' && rm -rf /srv/kiln/shared/media/backup-test")
-        timed(host, "restore", f"{KB} restore")
+        try:
+            timed(host, "restore", f"{KB} restore")
+        except AssertionError:
+            repair(host)  # the suites after this one need a database
+            raise
         assert app_python(host, RECORDS) == before
         assert out(host, f"cat {MEDIA}/backup-test/f.txt") == "kept"
         assert out(host, f"stat -c %U {MEDIA}/backup-test/f.txt") == "kiln"

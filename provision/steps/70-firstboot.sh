@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # step: first-boot units (secrets early; TLS, env; then DB user, migrations), the operator commands, SSH host keys at
-# boot, supervisord woken at start, CPU weights at boot (the path to the first served request)
+# boot, supervisord woken at start, CPU weights at boot and what waits for the app's first answer (the path to the
+# first served request)
 set -euo pipefail
 # shellcheck source=provision/lib/common.sh
 . "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
@@ -28,9 +29,8 @@ svc_enable kiln-supervisor-kick.service || true
 # CPU at boot: on 1-2 vCPUs everything that starts at boot competes for the CPU, and each unit has the same weight.
 # The boot-only units on the path to the first served request get a larger one: cloud-init's single process (every
 # unit waits for its network stage) and both first-boot stages; the boot-only work beside that path a smaller one:
-# SSH host-key generation and unattended-upgrades' shutdown helper, which only waits for a signal after its start.
-# cloud-init's weight is dropped back to the default once its network stage is done (kiln-firstboot.service): its
-# later stages are not on that path.
+# SSH host-key generation. Once cloud-init's network stage is done, kiln-web-ready.service gives supervisor (the app's
+# start) a large weight and cloud-init (its later stages are not on that path) the idle one, until the app answers.
 # Long-running services keep the default weight (systemd 257 does not drop a StartupCPUWeight= once the boot
 # finished, so the web's share at run time would change): no unit is starved, each only yields while others need
 # the CPU. Setting a weight turns on the cgroup cpu controller for system.slice: services then share the CPU per
@@ -47,4 +47,20 @@ EOF2
   done
 }
 boot_cpu_weight 1000 cloud-init-main kiln-firstboot kiln-firstboot-db
-boot_cpu_weight 10 sshd-keygen unattended-upgrades
+boot_cpu_weight 10 sshd-keygen
+
+put usr/local/lib/kiln/kiln-web-ready 0755 || true
+if put etc/systemd/system/kiln-web-ready.service; then need_restart daemon-reload; fi
+svc_enable kiln-web-ready.service || true
+# Long-running services nothing on that path needs start once the app answers (kiln-web-ready.service ends then, or
+# after its bound): fail2ban (its start: ~3-5 s of CPU under emulation, reading the journal for its jails; sshd is
+# up meanwhile, with its own MaxAuthTries and LoginGraceTime) and unattended-upgrades' shutdown helper (a Python
+# process that only waits for a signal).
+for unit in fail2ban unattended-upgrades; do
+  if write_file "/etc/systemd/system/$unit.service.d/kiln-after-web.conf" 0644 root:root <<EOF2
+# Kiln (provision/steps/70-firstboot.sh): started once the app answers, off the path to the first served request.
+[Unit]
+After=kiln-web-ready.service
+EOF2
+  then need_restart daemon-reload; fi
+done

@@ -108,6 +108,17 @@ def test_no_reboot_is_pending(host):
     assert res.rc == 1, f"reboot pending (rc={res.rc}): {res.stdout}{res.stderr}\n--- uname -r; ls /boot ---\n{kernels}"
 
 
+def test_no_kvm_module_is_loaded_where_the_cpu_offers_virtualisation(host):
+    # A web server runs no VMs: modprobe.d/kiln-hardening.conf blacklists kvm_intel/kvm_amd, which udev would load by
+    # CPU alias where the vCPU offers VT-x/AMD-V (nested virtualisation; QEMU's -cpu max, as in these tests).
+    flags = set(sh(host, "grep -m1 '^flags' /proc/cpuinfo").stdout.split())
+    if not flags & {"vmx", "svm"}:
+        pytest.skip("this vCPU offers no VT-x/AMD-V: nothing would load kvm anyway")
+    loaded = [line.split()[0] for line in sh(host, "cat /proc/modules").stdout.splitlines()]
+    kvm = [m for m in loaded if m == "kvm" or m.startswith("kvm_")]
+    assert not kvm, f"loaded: {kvm}; /dev/kvm: {sh(host, 'ls -l /dev/kvm', ok=None).stdout.strip()}"
+
+
 def test_apparmor_enforces_its_profiles_and_loads_none_that_confine_nothing(host):
     # 84-services drops the distro's "unconfined" desktop profiles (boot time); the confining ones must stay loaded.
     status = json.loads(sh(host, "aa-status --json").stdout)

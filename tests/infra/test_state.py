@@ -11,9 +11,11 @@ from kilnlib import (
     SOCKET,
     app_processes,
     env_file,
+    journal,
     out,
     supervisor_text,
     unit_evidence,
+    unit_state,
     wait_for,
     worker_names,
 )
@@ -185,3 +187,31 @@ def test_sizes_follow_the_instance_memory_and_cpus(host):
     else:
         assert "/swapfile.kiln" not in swaps, swaps
     print(f"{mem_mb} MB, {cpus} CPUs: {workers} web workers, buffer pool {pool_mb} MB, swaps:\n{swaps}")
+
+
+def test_the_boot_gives_the_app_the_cpu_until_it_answers_then_starts_the_rest(host):
+    # kiln-web-ready.service: from cloud-init's network stage until the app answers through nginx, supervisor (the
+    # app's start) has a large CPU weight and cloud-init the idle one; then both are back to the default, and only then
+    # do fail2ban and unattended-upgrades start (70-firstboot.sh). A server left with the boot weights would give the
+    # app 10x the CPU of MariaDB for good; services started beside the app's import delay the first served request.
+    wait_for(
+        lambda: unit_state(host, "kiln-web-ready.service") != "activating",
+        180,
+        2,
+        "kiln-web-ready done",
+        evidence=lambda: unit_evidence(host, "kiln-web-ready.service"),
+    )
+    props = out(host, "systemctl show -p Result,ActiveState,ActiveEnterTimestampMonotonic kiln-web-ready")
+    ready = dict(line.split("=", 1) for line in props.splitlines())
+    log = journal(host, "kiln-web-ready.service")
+    assert ready["Result"] == "success" and "the app answers through nginx after" in log, f"{ready}\n{log}"
+    weights = {u: out(host, f"systemctl show -p CPUWeight --value {u}") for u in ("supervisor", "cloud-init-main")}
+    assert weights["supervisor"] in ("100", "[not set]"), f"CPU weights after the boot: {weights}\n{log}"
+    assert weights["cloud-init-main"] in ("100", "[not set]", ""), f"CPU weights after the boot: {weights}\n{log}"
+    for unit in ("fail2ban", "unattended-upgrades"):
+        started = int(out(host, f"systemctl show -p InactiveExitTimestampMonotonic --value {unit}"))
+        assert started >= int(ready["ActiveEnterTimestampMonotonic"]), (
+            f"{unit} started at {started / 1e6:.2f} s, before the app answered "
+            f"({int(ready['ActiveEnterTimestampMonotonic']) / 1e6:.2f} s)\n{log}"
+        )
+    print(f"kiln-web-ready: {log.strip().splitlines()[-1]}; weights now {weights}")

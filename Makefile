@@ -85,4 +85,6 @@ test-infra: deps ## testinfra suites against the Vagrant VM booted from the bake
 # Lynis audits the suites' own VM, in the background from its boot (tests/infra/conftest.py), not the boot check's
 # instance b of the production image (KILN_LYNIS_BG=DIR in the environment, still supported): on 2 cores a second
 # TCG guest only shares the same CPU, 4 vCPUs on 2 cores (clean clones: 4107 s with b, 3276 s without).
-test: lint test-app test-tools test-bench image image-check test-infra ## Everything CI runs: lint, app and tool tests, the quick bench, image, image checks, infra suites
+# The nspawn tier (test-provision) is in it for what only it covers: a second app with another contract in every key,
+# baked onto an instance and probed, and the fresh instance's first boot -> health 200 within 3 s natively.
+test: lint test-app test-tools test-bench test-provision image image-check test-infra ## Everything CI runs: lint, app and tool tests, the quick bench, the nspawn tier (second app), image, image checks, infra suites

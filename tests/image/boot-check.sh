@@ -8,7 +8,9 @@
 #      keys (fingerprints) and /etc/machine-id
 #   3. instance B is a 1 GB VPS (B_MEM), the most common size: kiln-firstboot sized it from its memory (web workers,
 #      InnoDB buffer pool, a swap file), and a bounded load loop over HTTPS (pages from the database, the cache, static
-#      files, the login form) gets no error and makes no OOM kill
+#      files, the login form) gets no error and makes no OOM kill; then `kiln deploy` of a changed copy of its app
+#      with batches of that loop running through it (the new release's gunicorn starts beside the old one: a deploy's
+#      memory peak): no error, no OOM kill, the new release's file served, every program RUNNING
 # The serial console is watched: a kernel panic is reported as such and that boot is retried once; a boot whose
 # console stops growing before systemd runs (e.g. stuck at "Loading Linux ...") fails after KERNEL_STALL seconds
 # ("no kernel progress after N s: stuck at <last line>") instead of waiting until BOOT_TIMEOUT. The boot and that
@@ -145,8 +147,18 @@ profile() { # profile NAME: what lay on the path to the first /readyz 200, and h
 }
 
 
-small_vps() { # small_vps NAME: sized from its memory, and a load loop makes no OOM kill and no 5xx
-  local n=$1 sizing urls codes bad path t0
+load_loop() { # load_loop COUNT: COUNT HTTPS requests, 8 at a time, over the pages a visitor reaches without an account;
+  # prints "COUNT CODE" pairs on one line (curl: one -o per URL argument, its glob's transfers included)
+  local urls=() path
+  for path in /records/ /api/records/ /accounts/login/ /static/admin/css/base.css; do
+    urls+=(-o /dev/null "https://127.0.0.1:$P443$path?n=[1-$(( $1 / 4 ))]")
+  done
+  curl -sk -Z --parallel-max 8 -m 60 -w '%{http_code}\n' "${urls[@]}" 2>/dev/null | sort | uniq -c | xargs
+}
+not_2xx_3xx() { awk '{for (i = 2; i <= NF; i += 2) if ($i !~ /^[23]/) print $(i-1) " x " $i}' <<<"$1"; }
+
+small_vps() { # small_vps NAME: sized from its memory; a load loop, then a deploy under load: no OOM kill, no 5xx
+  local n=$1 sizing codes bad t0 token deploy_pid batches=0 served
   sizing=$(grep -o 'kiln-firstboot: sizing: .*' "$work/$n.profile" || true)
   [ -n "$sizing" ] || fail "$n: kiln-firstboot logged no sizing"
   # The rule (kiln-firstboot) for a 1 GB VPS with 2 vCPUs: 4 web workers (one per 256 MB), a 128 MB buffer pool, 1 GB
@@ -155,17 +167,35 @@ small_vps() { # small_vps NAME: sized from its memory, and a load loop makes no 
     *": 1024 MB, 2 CPU(s): 4 web workers, InnoDB buffer pool 128 MB, swap 1024 MB") ;;
     *) fail "$n: sized as \"$sizing\", expected 4 web workers, a 128 MB buffer pool and 1024 MB of swap for 1 GB" ;;
   esac
-  # Bounded: LOAD_REQUESTS requests, 8 at a time, over the pages a visitor reaches without an account (curl: one -o
-  # per URL argument, its glob's transfers included).
-  urls=()
-  for path in /records/ /api/records/ /accounts/login/ /static/admin/css/base.css; do
-    urls+=(-o /dev/null "https://127.0.0.1:$P443$path?n=[1-$(( ${LOAD_REQUESTS:-3000} / 4 ))]")
-  done
   t0=$(date +%s)
-  codes=$(curl -sk -Z --parallel-max 8 -m 60 -w '%{http_code}\n' "${urls[@]}" 2>/dev/null | sort | uniq -c | xargs)
+  codes=$(load_loop "${LOAD_REQUESTS:-3000}")
   say "$n: load loop of ${LOAD_REQUESTS:-3000} requests in $(( $(date +%s) - t0 ))s: $codes (count code)"
-  bad=$(awk '{for (i = 2; i <= NF; i += 2) if ($i !~ /^[23]/) print $(i-1) " x " $i}' <<<"$codes")
+  bad=$(not_2xx_3xx "$codes")
   [ -z "$bad" ] || fail "$n: the load loop got answers other than 2xx/3xx: $bad"
+
+  # A deploy on it, as an operator makes one (`kiln deploy DIR`: a copy of the running app with one more static file),
+  # while batches of the load loop run through it: the new release's gunicorn starts beside the old one, the memory
+  # peak of a deploy on the smallest server. Bounded: at most DEPLOY_BATCHES batches of 400 requests.
+  token=boot-check-$$-$RANDOM
+  vssh "sudo sh -euc 'rm -rf /var/tmp/app-v2; cp -a /srv/kiln/current/app /var/tmp/app-v2
+    mkdir -p /var/tmp/app-v2/records/static; echo $token >/var/tmp/app-v2/records/static/boot-check.txt'" \
+    || fail "$n: copying the app for the deploy failed"
+  t0=$(date +%s)
+  vssh 'sudo kiln deploy /var/tmp/app-v2' >"$work/$n.deploy" 2>&1 &
+  deploy_pid=$!
+  codes=""
+  while kill -0 "$deploy_pid" 2>/dev/null && [ "$batches" -lt "${DEPLOY_BATCHES:-40}" ]; do
+    codes+=" $(load_loop 400)"; batches=$((batches + 1))
+  done
+  wait "$deploy_pid" || { sed 's/^/    /' "$work/$n.deploy"; fail "$n: kiln deploy failed (above)"; }
+  codes=$(tr ' ' '\n' <<<"$codes" | grep . | paste - - | awk '{c[$2] += $1} END {for (k in c) print c[k], k}' | xargs)
+  say "$n: kiln deploy in $(( $(date +%s) - t0 ))s, $batches load batches of 400 through it: $codes (count code)"
+  tail -n 3 "$work/$n.deploy" | sed 's/^/    /'
+  bad=$(not_2xx_3xx "$codes")
+  [ -z "$bad" ] || fail "$n: requests during the deploy got answers other than 2xx/3xx: $bad"
+  served=$(curl -sk -m 20 "https://127.0.0.1:$P443/static/boot-check.txt" || true)
+  [ "$served" = "$token" ] || fail "$n: after the deploy /static/boot-check.txt is \"$served\", not the new release's $token"
+
   # shellcheck disable=SC2016  # expanded in the guest
   vssh 'sudo sh -c '\''
     echo "== oom"; journalctl -k -b --no-pager -o cat | grep -iE "out of memory|oom-kill|invoked oom-killer" || true
@@ -174,10 +204,11 @@ small_vps() { # small_vps NAME: sized from its memory, and a load loop makes no 
   '\''' >"$work/$n.load" || fail "$n: reading memory and programs over SSH failed"
   sed 's/^/    /' "$work/$n.load"
   [ -z "$(section "$work/$n.load" oom)" ] || fail "$n: the kernel killed a process for memory (above)"
-  if section "$work/$n.load" supervisor | grep -v RUNNING | grep -q .; then
-    fail "$n: a program is not RUNNING after the load loop"
+  # kiln-web-next is a deploy's program: at rest (STOPPED) between deploys.
+  if section "$work/$n.load" supervisor | grep -v RUNNING | grep -v '^kiln-web-next .*STOPPED' | grep -q .; then
+    fail "$n: a program is not RUNNING after the load loop and the deploy"
   fi
-  say "$n: a 1 GB VPS: ${sizing#kiln-firstboot: sizing: }; no OOM kill, every answer 2xx/3xx"
+  say "$n: a 1 GB VPS: ${sizing#kiln-firstboot: sizing: }; a deploy under load; no OOM kill, every answer 2xx/3xx"
 }
 
 say "image $IMAGE ($(du -h "$IMAGE" | cut -f1)), accelerator $ACCEL"

@@ -43,10 +43,23 @@ def _kiln_cli():
     return module
 
 
+def profile_words(name: str) -> list[str]:
+    """NAME's value (words; a one-line bash array's elements) in the distro profile of the server under test
+    (provision/distro/$KILN_DISTRO.sh, as the Vagrantfile picks it): the one place where the distros differ."""
+    distro = os.environ.get("KILN_DISTRO", "debian-13")
+    text = (Path(__file__).resolve().parents[2] / "provision" / "distro" / f"{distro}.sh").read_text()
+    found = re.search(rf"^{name}=(?:\(([^)\n]*)\)|(\S+))$", text, re.M)
+    if not found:
+        raise LookupError(f"provision/distro/{distro}.sh sets no {name} (on one line)")
+    return (found.group(1) or found.group(2)).split()
+
+
 KILN_CLI = _kiln_cli()
-# The units `kiln status` requires active (Debian's database unit), and first boot in three stages
+DB_SERVICE = profile_words("DB_SERVICE")[0]
+DB_SERVER_PACKAGE = profile_words("PKG_DB_SERVER")[0]
+# The units `kiln status` requires active (the distro's database unit), and first boot in three stages
 # (provision/files/usr/local/sbin/kiln-firstboot): secrets, config, database.
-SERVICES = [u.removesuffix(".service") for u in KILN_CLI.core_units("mariadb.service")]
+SERVICES = [u.removesuffix(".service") for u in KILN_CLI.core_units(DB_SERVICE)]
 FIRSTBOOT_UNITS = [u.removesuffix(".service") for u in KILN_CLI.FIRSTBOOT_UNITS]
 # The server's own pending-reboot check (provision/lib/common.sh, installed with the operator commands): rc 0 and
 # the reason when a reboot is pending, rc 1 when not. The login message uses it too.

@@ -5,6 +5,7 @@ import time
 import pytest
 
 from kilnlib import (
+    DB_SERVICE,
     GUNICORN_PID,
     WEB_LOG,
     all_running,
@@ -168,7 +169,9 @@ def test_supervisord_is_restarted_by_systemd_with_its_programs(host, restart_tim
     print(f"supervisord back with programs serving in {time.monotonic() - t0:.1f}s")
 
 
-@pytest.mark.parametrize("unit", ["nginx", "redis-server@cache", "redis-server@queue", "mariadb"])
+@pytest.mark.parametrize(
+    "unit", ["nginx", "redis-server@cache", "redis-server@queue", DB_SERVICE.removesuffix(".service")]
+)
 def test_service_restarts_after_kill(host, unit):
     pid = main_pid(host, unit)
     assert pid, unit_evidence(host, unit)

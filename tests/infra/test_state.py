@@ -5,6 +5,8 @@ import re
 import pytest
 
 from kilnlib import (
+    DB_SERVER_PACKAGE,
+    DB_SERVICE,
     FIRSTBOOT_UNITS,
     GUNICORN_PID,
     SERVICES,
@@ -20,7 +22,7 @@ from kilnlib import (
     worker_names,
 )
 
-PACKAGES = ["nginx", "mariadb-server", "redis-server", "supervisor", "python3-venv", "openssl", "curl"]
+PACKAGES = ["nginx", DB_SERVER_PACKAGE, "redis-server", "supervisor", "python3-venv", "openssl", "curl"]
 
 
 @pytest.mark.parametrize("pkg", PACKAGES)
@@ -81,7 +83,7 @@ def test_nginx_listens_on_all_addresses(host, port):
     assert all("nginx" in ln for ln in ss.splitlines() if ln.split()[3].endswith(f":{port}")), ss
 
 
-@pytest.mark.parametrize("port,name", [(3306, "mariadb"), (6379, "redis-server"), (6380, "redis-server")])
+@pytest.mark.parametrize("port,name", [(3306, DB_SERVICE), (6379, "redis-server@cache"), (6380, "redis-server@queue")])
 def test_backend_listens_on_loopback_only(host, port, name):
     ss = _listeners(host)
     lines = [ln for ln in ss.splitlines() if ln.split()[3].rsplit(":", 1)[-1] == str(port)]

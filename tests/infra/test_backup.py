@@ -200,7 +200,7 @@ def test_a_dump_broken_mid_way_is_not_a_backup(host, s3):
     fake = "/run/kiln-backup-test-bin"
     sh(
         host,
-        f"mkdir -p {fake} && printf '#!/bin/sh\\n/usr/bin/mariadb-dump \"$@\" | head -c 20000\\n' > {fake}/mariadb-dump"
+        f"mkdir -p {fake} && printf '#!/bin/sh\\n/usr/bin/mariadb-dump \"$@\" | head -c 3000\\n' > {fake}/mariadb-dump"
         f" && chmod 0755 {fake}/mariadb-dump",
     )
     try:

@@ -6,8 +6,8 @@
 
 variable "check_units" {
   type        = list(string)
-  default     = ["nginx", "mariadb", "redis-server@cache", "redis-server@queue", "supervisor"]
-  description = "systemd units that must be active once provisioned."
+  default     = []
+  description = "systemd units that must be active once provisioned, besides those kiln status requires (nginx, the distro profile's database unit, both Redis instances, supervisor, first boot): the distro's names come from its profile, not from here."
 }
 
 variable "check_programs" {

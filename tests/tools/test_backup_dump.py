@@ -95,7 +95,12 @@ def test_an_incomplete_or_failed_dump_is_refused(env: Env, tmp_path: Path, body:
     assert "kiln_backup_last_ok 0" in env.metrics()
 
 
-def test_restore_test_passes_on_a_good_snapshot_and_fails_on_a_damaged_pack(env: Env):
+def test_restore_test_passes_on_a_good_snapshot_and_fails_on_a_damaged_pack(env: Env, tmp_path: Path, monkeypatch):
+    # Run as from a login session: libpam-tmpdir gives root TMPDIR=/tmp/user/0 (0700), which the throw-away server,
+    # running as mysql, cannot write (seen on the VM: InnoDB did not start).
+    root_only = tmp_path / "user-0"
+    root_only.mkdir(mode=0o700)
+    monkeypatch.setenv("TMPDIR", str(root_only))
     assert env.run("backup").returncode == 0
     res = env.run("restore-test")
     assert res.returncode == 0, res.stdout + res.stderr

@@ -43,7 +43,12 @@ if systemctl is-active -q nginx.service; then
 else
   act systemctl start nginx.service
 fi
-# An enabled timer starts with timers.target at boot; on a running system, now.
-systemctl is-active -q kiln-retention.timer || act systemctl start kiln-retention.timer
+# An enabled timer starts with timers.target at boot; on a running system, now: each enabled Kiln timer (retention,
+# backup, restore test, the app's scheduled commands).
+timers=$(systemctl list-unit-files --state=enabled --no-legend 'kiln-*.timer' | awk '{print $1}') \
+  || die "cannot list the enabled Kiln timers"
+for timer in $timers; do
+  systemctl is-active -q "$timer" || act systemctl start "$timer"
+done
 # Everything pending is applied (set -e: a failed restart stopped this step before here, and stays pending).
 rm -f "$KILN_PENDING" || die "cannot clear $KILN_PENDING"

@@ -148,6 +148,37 @@ def test_a_file_system_85_percent_full_is_a_warning_and_degrades_the_status(tmp_
     assert disk[0]["used"] < 80 and not disk[0]["warning"] and warnings == [] and code40 == cli.EXIT_OK
 
 
+def test_a_pending_reboot_is_a_warning_and_degrades_the_status(tmp_path):
+    """reboot_pending (lib/common.sh, the motd's check too) judged by kiln_cli, with /run and /boot of a mount
+    namespace of its own: what unattended-upgrades leaves after a kernel update, then nothing."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux unshare")
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import kiln_cli; r = kiln_cli.Report(); "
+        "kiln_cli.status_reboot(r); print(json.dumps([r.parts['reboot'], r.warnings, r.exit]))"
+    )
+    results = {}
+    for pending in (True, False):
+        flag = (
+            "echo '*** System restart required ***' >/run/reboot-required && "
+            "echo linux-image-test >/run/reboot-required.pkgs && "
+        )
+        script = (
+            "mount -t tmpfs kiln-run /run && mount -t tmpfs kiln-boot /boot && "
+            + (flag if pending else "")
+            + f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} {shlex.quote(str(LIB))}"
+        )
+        res = subprocess.run(["unshare", "-rm", "bash", "-c", script], capture_output=True, text=True)
+        print(f"pending={pending}: rc={res.returncode}\n{res.stdout}{res.stderr}")
+        assert res.returncode == 0
+        results[pending] = json.loads(res.stdout)
+    (part, warnings, exit_code) = results[True]
+    assert part["pending"] and "linux-image-test" in part["why"], part
+    assert exit_code == cli.EXIT_DEGRADED and any(w.startswith("reboot pending:") for w in warnings), warnings
+    (part, warnings, exit_code) = results[False]
+    assert not part["pending"] and warnings == [] and exit_code == cli.EXIT_OK, results[False]
+
+
 def record(path: Path, **kw) -> None:
     doc = {"ok": True, "finished_at": "2026-12-05T03:00:00Z", "seconds": 12.5, "snapshot": "1a2b3c", "error": None}
     path.write_text(json.dumps({**doc, **kw}))

@@ -38,7 +38,10 @@ svc_enable kiln-supervisor-kick.service || true
 boot_cpu_weight() { # boot_cpu_weight WEIGHT UNIT...
   local weight=$1 unit; shift
   for unit in "$@"; do
-    if write_file "/etc/systemd/system/$unit.service.d/kiln-boot-cpu.conf" 0644 root:root <<EOF2
+    # "10-": drop-ins apply in the order of their file names, whatever their directory, and the --runtime weights of
+    # kiln-web-ready (systemctl set-property: /run/systemd/system.control/UNIT.d/50-CPUWeight.conf) must come after
+    # this one, also once a daemon-reload has read them all again (a provision on a running server).
+    if write_file "/etc/systemd/system/$unit.service.d/10-kiln-boot-cpu.conf" 0644 root:root <<EOF2
 # Kiln (provision/steps/70-firstboot.sh): this unit's share of the CPU while the system boots.
 [Service]
 CPUWeight=$weight

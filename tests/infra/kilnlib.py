@@ -57,6 +57,7 @@ def profile_words(name: str) -> list[str]:
 KILN_CLI = _kiln_cli()
 DB_SERVICE = profile_words("DB_SERVICE")[0]
 DB_SERVER_PACKAGE = profile_words("PKG_DB_SERVER")[0]
+DB_SERVER_PROCESS = Path(profile_words("DB_SERVER_BIN")[0]).name  # as ss -p names it
 # The units `kiln status` requires active (the distro's database unit), and first boot in three stages
 # (provision/files/usr/local/sbin/kiln-firstboot): secrets, config, database.
 SERVICES = [u.removesuffix(".service") for u in KILN_CLI.core_units(DB_SERVICE)]

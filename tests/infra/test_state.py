@@ -6,7 +6,7 @@ import pytest
 
 from kilnlib import (
     DB_SERVER_PACKAGE,
-    DB_SERVICE,
+    DB_SERVER_PROCESS,
     FIRSTBOOT_UNITS,
     GUNICORN_PID,
     SERVICES,
@@ -83,7 +83,7 @@ def test_nginx_listens_on_all_addresses(host, port):
     assert all("nginx" in ln for ln in ss.splitlines() if ln.split()[3].endswith(f":{port}")), ss
 
 
-@pytest.mark.parametrize("port,name", [(3306, DB_SERVICE), (6379, "redis-server@cache"), (6380, "redis-server@queue")])
+@pytest.mark.parametrize("port,name", [(3306, DB_SERVER_PROCESS), (6379, "redis-server"), (6380, "redis-server")])
 def test_backend_listens_on_loopback_only(host, port, name):
     ss = _listeners(host)
     lines = [ln for ln in ss.splitlines() if ln.split()[3].rsplit(":", 1)[-1] == str(port)]
@@ -92,7 +92,7 @@ def test_backend_listens_on_loopback_only(host, port, name):
         return  # skip-networking: socket only, even better
     assert lines, f"nothing listens on {port}\n{ss}"
     assert addrs <= {"127.0.0.1", "[::1]"}, f"port {port} listens beyond loopback: {addrs}\n{ss}"
-    assert all(name in ln or "mysqld" in ln for ln in lines), "\n".join(lines)
+    assert all(f'(("{name}",' in ln for ln in lines), f"not {name} on {port}:\n" + "\n".join(lines)
 
 
 def test_mariadb_tls_uses_the_per_boot_ec_certificate(host):

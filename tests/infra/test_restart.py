@@ -121,7 +121,8 @@ def unmanaged_app_processes(host, supervisord: int) -> list[str]:
 def test_stop_while_workers_boot_does_not_wait_out_the_graceful_timeout(host):
     """A stop right after a start (workers still waiting for their import slot) ends when the workers do, not after
     gunicorn's --graceful-timeout and a SIGKILL: waiting workers must obey the master's TERM."""
-    graceful = int(out(host, "grep -o -- '--graceful-timeout [0-9]*' /usr/local/bin/kiln-gunicorn").split()[-1])
+    # the one value (provision/lib/common.sh, which kiln-gunicorn renders into its --graceful-timeout)
+    graceful = int(out(host, "bash -c '. /usr/local/lib/kiln/lib/common.sh && echo $KILN_WEB_GRACEFUL_TIMEOUT'"))
     sh(host, "supervisorctl restart kiln-web", timeout=120)
     t0 = time.monotonic()
     res = sh(host, "supervisorctl stop kiln-web", ok=None, timeout=120)

@@ -198,16 +198,21 @@ def test_restore_test_passes_on_the_snapshot(host, s3):
 
 def test_a_dump_broken_mid_way_is_not_a_backup(host, s3):
     before = snapshot_objects(s3)
-    fake = "/run/kiln-backup-test-bin"
+    # Not under /run or /tmp: the image mounts them noexec, and the shell then quietly runs the next mariadb-dump on
+    # PATH (ci14: the real one, a complete dump, a snapshot). The fake leaves a mark that it ran.
+    fake = "/var/lib/kiln-backup-test-bin"
     sh(
         host,
-        f"mkdir -p {fake} && printf '#!/bin/sh\\n/usr/bin/mariadb-dump \"$@\" | head -c 3000\\n' > {fake}/mariadb-dump"
-        f" && chmod 0755 {fake}/mariadb-dump",
+        f"rm -rf {fake} && mkdir -m 0700 {fake} && printf '#!/bin/sh\\ntouch {fake}/ran\\n"
+        f"/usr/bin/mariadb-dump \"$@\" | head -c 3000\\n' > {fake}/mariadb-dump && chmod 0755 {fake}/mariadb-dump",
     )
     try:
-        res = sh(host, f"PATH={fake}:$PATH {KB} backup", ok=(1,))
+        res = sh(host, f"PATH={fake}:$PATH {KB} backup", ok=None)
+        ran = host.file(f"{fake}/ran").exists
     finally:
         host.run(f"rm -rf {fake}")
+    assert ran, f"the cut mariadb-dump in {fake} was not the one run:\n{res.stdout}{res.stderr}"
+    assert res.rc == 1, f"a cut dump was accepted (rc {res.rc}):\n{res.stdout}{res.stderr}"
     assert "not accepted" in res.stderr, res.stderr
     st = status(host, "backup")
     assert st["ok"] is False and "Dump completed" in st["error"], st
@@ -215,12 +220,15 @@ def test_a_dump_broken_mid_way_is_not_a_backup(host, s3):
 
 
 def test_restore_test_fails_on_a_damaged_pack(host, s3):
+    # Every pack file damaged in its middle (16 bytes inverted, the size unchanged): whichever packs hold the latest
+    # snapshot's blobs (one pack alone may hold only an older snapshot's, which the restore test never reads).
     packs = s3.list_objects_v2(Bucket=BUCKET, Prefix="kiln/data/")["Contents"]
-    key = max(packs, key=lambda o: o["Size"])["Key"]
-    data = bytearray(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
-    mid = len(data) // 2
-    data[mid : mid + 16] = bytes(b ^ 0xFF for b in data[mid : mid + 16])
-    s3.put_object(Bucket=BUCKET, Key=key, Body=bytes(data))
+    for pack in packs:
+        data = bytearray(s3.get_object(Bucket=BUCKET, Key=pack["Key"])["Body"].read())
+        mid = len(data) // 2
+        data[mid : mid + 16] = bytes(b ^ 0xFF for b in data[mid : mid + 16])
+        s3.put_object(Bucket=BUCKET, Key=pack["Key"], Body=bytes(data))
+    print(f"damaged {len(packs)} pack file(s): {[p['Key'] for p in packs]}")
     host.run("rm -rf /var/cache/kiln/restic")  # the pack as the bucket has it, not a cached copy
     res = timed(host, "restore-test (damaged)", f"{KB} restore-test", ok=(1,))
     st = status(host, "restore-test")

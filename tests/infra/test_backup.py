@@ -204,7 +204,7 @@ def test_a_dump_broken_mid_way_is_not_a_backup(host, s3):
     sh(
         host,
         f"rm -rf {fake} && mkdir -m 0700 {fake} && printf '#!/bin/sh\\ntouch {fake}/ran\\n"
-        f"/usr/bin/mariadb-dump \"$@\" | head -c 3000\\n' > {fake}/mariadb-dump && chmod 0755 {fake}/mariadb-dump",
+        f'/usr/bin/mariadb-dump "$@" | head -c 3000\\n\' > {fake}/mariadb-dump && chmod 0755 {fake}/mariadb-dump',
     )
     try:
         res = sh(host, f"PATH={fake}:$PATH {KB} backup", ok=None)

@@ -87,4 +87,4 @@ test-infra: deps ## testinfra suites against the Vagrant VM booted from the bake
 # TCG guest only shares the same CPU, 4 vCPUs on 2 cores (clean clones: 4107 s with b, 3276 s without).
 # The nspawn tier (test-provision) is in it for what only it covers: a second app with another contract in every key,
 # baked onto an instance and probed, and the fresh instance's first boot -> health 200 within 3 s natively.
-test: lint test-app test-tools test-bench test-provision image image-check test-infra ## Everything CI runs: lint, app and tool tests, the quick bench, the nspawn tier (second app), image, image checks, infra suites
+test: lint test-app test-tools test-provision test-bench image image-check test-infra ## Everything CI runs: lint, app and tool tests, the nspawn tier (second app), the quick bench (on the tier's provisioned rootfs), image, image checks, infra suites

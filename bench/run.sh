@@ -51,29 +51,29 @@ trap finish EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- the provisioned rootfs (cached)
-rootfs_key() { # what the provisioned rootfs is made of
-  { echo "kiln-bench rootfs v1"
-    sha256sum "$REPO/tests/hardening/nspawn-lib.sh" | cut -c1-64
-    (cd "$REPO" && find provision app \( -name __pycache__ -o -name .venv -o -name staticfiles -o -name collected \
-      -o -name media \) -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
-  } | sha256sum | cut -c1-16
-}
-ROOTFS=$CACHE/rootfs-$(rootfs_key)
+ROOTFS=$CACHE/rootfs-$(kiln_rootfs_key)
 if [ -e "$ROOTFS.ready" ]; then
   say "rootfs: cached $ROOTFS"
 else
-  say "rootfs: provisioning $ROOTFS (provision/ or app/ changed; install.sh offline, as the nspawn tier does)"
   rm -rf "$ROOTFS" "$ROOTFS.partial"
-  # apt's .deb cache of its own (hard links to the nspawn tier's): a check running meanwhile holds that one's lock.
-  mkdir -p "$CACHE/apt-archives/partial"
-  find "$KILN_ROOTFS_CACHE/apt-archives" -maxdepth 1 -name '*.deb' -exec cp -l -n -t "$CACHE/apt-archives/" {} + 2>/dev/null || true
-  KILN_ROOTFS_BIND=(--bind="$CACHE/apt-archives:/var/cache/apt/archives")
-  kiln_rootfs_prepare "$ROOTFS.partial" "$WORK"
-  if ! kiln_rootfs_install "$ROOTFS.partial" "bench-$COMMIT" "$COMMIT" >"$WORK/install.log"; then
-    tail -30 "$WORK/install.log"; die "install.sh failed (above)"
+  if kiln_rootfs_provisioned "$ROOTFS.partial"; then
+    # install.sh ran in the nspawn tier (tests/provision/nspawn-check.sh) on the same provision/ and app/. Hard links
+    # to its copy: files here are only replaced (rm, then written), and every boot is on an overlay.
+    say "rootfs: the nspawn tier's provisioned rootfs of this tree, hard-linked ($ROOTFS)"
+  else
+    say "rootfs: provisioning $ROOTFS (provision/ or app/ changed; install.sh offline, as the nspawn tier does)"
+    # apt's .deb cache of its own (hard links to the nspawn tier's): a check running meanwhile holds that one's lock.
+    mkdir -p "$CACHE/apt-archives/partial"
+    find "$KILN_ROOTFS_CACHE/apt-archives" -maxdepth 1 -name '*.deb' -exec cp -l -n -t "$CACHE/apt-archives/" {} + 2>/dev/null || true
+    KILN_ROOTFS_BIND=(--bind="$CACHE/apt-archives:/var/cache/apt/archives")
+    kiln_rootfs_prepare "$ROOTFS.partial" "$WORK"
+    if ! kiln_rootfs_install "$ROOTFS.partial" "bench-$COMMIT" "$COMMIT" >"$WORK/install.log"; then
+      tail -30 "$WORK/install.log"; die "install.sh failed (above)"
+    fi
+    grep -E 'change\(s\)' "$WORK/install.log" | tail -1 | sed 's/^/  | /'
   fi
-  grep -E 'change\(s\)' "$WORK/install.log" | tail -1 | sed 's/^/  | /'
   # Bench-only, in this rootfs only: the app's static files also through Django (off by default: kiln.settings).
+  rm -f "$ROOTFS.partial/etc/kiln/overrides.env"   # a new file, not one shared by a hard link
   printf '# bench/run.sh: benchmarks only\nKILN_BENCH_STATIC=1\n' >"$ROOTFS.partial/etc/kiln/overrides.env"
   mv "$ROOTFS.partial" "$ROOTFS"
   touch "$ROOTFS.ready"

@@ -19,6 +19,12 @@
 #                                        ROOT, the test-only drop-ins, and what Packer uploads under /opt/kiln-src
 #   kiln_rootfs_install ROOT VERSION COMMIT   provision/install.sh in ROOT offline (systemd-nspawn without boot: no
 #                                        service runs, they start at first boot); its output on stdout
+#   kiln_rootfs_key                      what such a provisioned rootfs is made of (this file, provision/, app/)
+#   kiln_rootfs_offer ROOT               after a successful offline install, before ROOT is ever booted: keep a copy
+#                                        as $KILN_PROVISIONED-<key> for the next tier of the same tree (make test runs
+#                                        the nspawn tier, then the quick bench: one install.sh instead of two, ~1 min)
+#   kiln_rootfs_provisioned DEST         DEST = that copy, hard-linked (instant: its user must boot it with
+#                                        --volatile=overlay and replace, never edit, a file), else return 1
 
 NSPAWN_PID=""
 NSPAWN_LEADER=""
@@ -64,6 +70,34 @@ kiln_rootfs_prepare() {
   find "$root/opt/kiln-src/app" "$root/opt/kiln-src/second-app" \( -name __pycache__ -o -name .venv -o -name staticfiles \
     -o -name collected -o -name media \) -prune -exec rm -rf {} +
   cp /usr/local/share/ca-certificates/*.crt "$root/opt/kiln-src/build-ca/" 2>/dev/null || true
+}
+
+KILN_PROVISIONED=$KILN_ROOTFS_CACHE/provisioned
+kiln_rootfs_key() {
+  { echo "kiln provisioned rootfs v1"
+    sha256sum "$KILN_REPO/tests/hardening/nspawn-lib.sh" | cut -c1-64
+    (cd "$KILN_REPO" && find provision app \( -name __pycache__ -o -name .venv -o -name staticfiles -o -name collected \
+      -o -name media \) -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+  } | sha256sum | cut -c1-16
+}
+
+kiln_rootfs_offer() {
+  local root=$1 dest old
+  dest=$KILN_PROVISIONED-$(kiln_rootfs_key) || return 1
+  [ ! -e "$dest.ready" ] || return 0
+  rm -rf "$dest.partial" || return 1
+  cp -a "$root" "$dest.partial" || { rm -rf "$dest.partial"; echo "nspawn: cannot copy $root to $dest.partial" >&2; return 1; }
+  mv "$dest.partial" "$dest" && touch "$dest.ready" || return 1
+  for old in "$KILN_PROVISIONED"-*.ready; do  # older trees': their inputs changed
+    [ "$old" = "$dest.ready" ] || rm -rf "$old" "${old%.ready}" || return 1
+  done
+}
+
+kiln_rootfs_provisioned() {
+  local src
+  src=$KILN_PROVISIONED-$(kiln_rootfs_key) || return 1
+  [ -e "$src.ready" ] || return 1
+  rm -rf "$1" && cp -al "$src" "$1"
 }
 
 kiln_rootfs_install() {

@@ -262,6 +262,7 @@ else
   kiln_rootfs_install "$ROOT" "$VERSION" "$COMMIT" | tee "$WORK/install-1.log" | sed -u 's/^/  | /'
   [ "${PIPESTATUS[0]}" -eq 0 ] || fatal "install.sh failed"
   INSTALL_SECS=$(( $(date +%s) - t0 ))
+  kiln_rootfs_offer "$ROOT" || fatal "cannot keep the provisioned rootfs for the bench ($KILN_PROVISIONED-*)"
 fi
 echo "  install.sh took ${INSTALL_SECS}s"
 # The build CAs are trusted through install.sh's own bundle (pip above fetched from the index through it when the

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import pytest
 
+import rootshell
+
 ROOT = Path(__file__).resolve().parents[2]
 SSH_CONFIG = ROOT / ".vagrant" / "kiln-ssh-config"
 VAGRANT_LOG = ROOT / ".vagrant" / "kiln-vagrant.log"
@@ -69,6 +71,7 @@ HOLD_LYNIS_VM_FOR = {"test_jobs", "test_restart", "test_reboot"}
 
 
 def pytest_configure(config):
+    _count_commands()
     config.addinivalue_line("markers", "vagrant: needs the Vagrant VM (vagrant provision/reload)")
     config.kiln_vagrant = config.option.hosts is None
     if config.kiln_vagrant:
@@ -78,6 +81,49 @@ def pytest_configure(config):
         config.option.hosts = "ssh://default"
         config.option.ssh_config = str(SSH_CONFIG)
         config.option.sudo = True
+
+
+# Where the session's time goes (issue 9): every command sent to the target is counted and timed per test module
+# (fixtures included); the summary prints them, and how many went through the root shell (rootshell.py).
+COMMANDS: dict[str, list[float]] = {}
+_CURRENT = ["session"]
+
+
+def _count_commands() -> None:
+    from testinfra.backend.ssh import SshBackend
+
+    rootshell.install()
+    real = SshBackend.run
+    if getattr(real, "kiln_counted", False):
+        return
+
+    def timed(self, command, *args, **kwargs):
+        t0 = time.monotonic()
+        try:
+            return real(self, command, *args, **kwargs)
+        finally:
+            tally = COMMANDS.setdefault(_CURRENT[0], [0, 0.0])
+            tally[0] += 1
+            tally[1] += time.monotonic() - t0
+
+    timed.kiln_counted = True
+    SshBackend.run = timed
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _CURRENT[0] = nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not COMMANDS:
+        return
+    n = sum(int(c) for c, _ in COMMANDS.values())
+    secs = sum(t for _, t in COMMANDS.values())
+    terminalreporter.write_line(
+        f"kiln: {n} commands on the target in {secs:.0f} s ({1000 * secs / max(n, 1):.0f} ms each), "
+        f"{rootshell.USED[0]} of them through the root shell; by module: "
+        + ", ".join(f"{m} {int(c)}/{t:.0f}s" for m, (c, t) in sorted(COMMANDS.items(), key=lambda kv: -kv[1][1]))
+    )
 
 
 def pytest_collection_modifyitems(config, items):

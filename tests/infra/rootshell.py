@@ -59,9 +59,9 @@ class RootShell:
     def _start(self) -> bool:
         code = base64.b64encode(RUNNER.encode()).decode()
         remote = f"sudo -n /usr/bin/python3 -u -c 'import base64; exec(base64.b64decode(\"{code}\"))'"
+        # A guest gone without closing the connection ends the shell by the ssh config's ServerAlive* (the Vagrant
+        # VM's: conftest.py's write_ssh_config) instead of hanging it.
         cmd, args = self.backend._build_ssh_command(remote)
-        # ServerAlive: a guest that is gone without closing the connection ends the shell instead of hanging it.
-        cmd.insert(1, "-o ServerAliveInterval=5 -o ServerAliveCountMax=6")
         self.proc = subprocess.Popen(
             self.backend.quote(" ".join(cmd), *args),
             shell=True,

@@ -71,6 +71,7 @@ HOLD_LYNIS_VM_FOR = {"test_jobs", "test_restart", "test_reboot"}
 
 
 def pytest_configure(config):
+    rootshell.install()
     _count_commands()
     config.addinivalue_line("markers", "vagrant: needs the Vagrant VM (vagrant provision/reload)")
     config.kiln_vagrant = config.option.hosts is None
@@ -92,7 +93,6 @@ _CURRENT = ["session"]
 def _count_commands() -> None:
     from testinfra.backend.ssh import SshBackend
 
-    rootshell.install()
     real = SshBackend.run
     if getattr(real, "kiln_counted", False):
         return

@@ -14,4 +14,5 @@ if put usr/local/bin/kiln-rqworker 0755; then need_restart kiln-worker; fi
 conf=$(render_vars "$KILN_FILES/etc/supervisor/conf.d/kiln.conf")
 if printf '%s\n' "$conf" | write_file /etc/supervisor/conf.d/kiln.conf 0644 root:root; then need_reload supervisor; fi
 if put etc/systemd/system/supervisor.service.d/kiln.conf; then need_restart daemon-reload; fi
+if put etc/systemd/system/kiln-stop-app-first.service; then need_restart daemon-reload; fi
 svc_enable supervisor.service || true

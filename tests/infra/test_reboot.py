@@ -129,9 +129,9 @@ def test_app_stopped_gracefully_in_the_shutdown_before(host, rebooted):
 
 
 def test_the_database_stopped_only_after_the_app_in_the_shutdown_before(host, rebooted):
-    # supervisor.service is After= the database server (its drop-in), so at shutdown it stops first: the rq workers'
-    # last jobs and the web's last requests still reach the database. (Without that order the server stopped while
-    # supervisor was stopping: seen on a VM, 0.8 s after supervisor's stop began.)
+    # kiln-stop-app-first.service is After= the database server and its stop stops supervisor, so at shutdown the app
+    # stops first: the rq workers' last jobs and the web's last requests still reach the database. (Without that
+    # order the server stopped while supervisor was stopping: seen on a VM, 0.8 s after supervisor's stop began.)
     log = host.run(
         f"journalctl -b -1 _PID=1 --no-pager -o short-monotonic | grep -E 'Stopp(ing|ed) (supervisor|{DB_SERVICE})'"
     ).stdout

@@ -134,6 +134,33 @@ def test_stop_while_workers_boot_does_not_wait_out_the_graceful_timeout(host):
     assert took < graceful, f"stop took {took:.1f}s: the workers waited out the graceful timeout\n{log}"
 
 
+def test_gunicorn_waits_while_first_boots_config_stage_is_pending(host, restart_timeout):
+    """At boot supervisord starts before first boot's config stage has written this instance's kiln.env (secrets,
+    sizing, the operator's overrides): while that stage is pending (its marker, made by the secrets stage), kiln-web
+    must not start gunicorn on an older or missing env; once the stage is done it starts at once."""
+    pending = out(host, "bash -c '. /usr/local/lib/kiln/lib/common.sh && echo $KILN_CONFIG_PENDING'")
+    assert pending.startswith("/run/"), f"KILN_CONFIG_PENDING={pending!r}: not under /run (it must not survive a boot)"
+    try:
+        sh(host, f"touch {pending}")
+        # returns once kiln-web is RUNNING: supervisord's startsecs (3 s) after the start, the wrapper still waiting
+        sh(host, "supervisorctl restart kiln-web", timeout=120)
+        prog = supervisor_status(host)["kiln-web"]
+        cmdline = out(host, f"tr '\\0' ' ' </proc/{prog.pid}/cmdline")
+        readyz = http(host, "/readyz", scheme="http")
+        log = tail(host, WEB_LOG, 5)
+        print(f"config pending: kiln-web {prog.state} pid {prog.pid}: {cmdline}; GET /readyz -> {readyz.status}")
+        assert "/usr/local/bin/kiln-gunicorn" in cmdline and "/venv/bin/gunicorn" not in cmdline, (
+            f"kiln-web runs gunicorn while first boot's config stage is pending: {cmdline}\n{log}"
+        )
+        assert readyz.status != 200, f"/readyz 200 while the config stage is pending\n{log}"
+    finally:
+        sh(host, f"rm -f {pending}")
+    t = wait_in_guest(host, http_ok_cond("/readyz"), restart_timeout, "/readyz 200 once the config stage is done")
+    log = tail(host, WEB_LOG, 30)
+    print(f"config done: /readyz 200 after {t:.1f}s")
+    assert "for first boot's config stage" in log, f"kiln-web's log does not say that it waited:\n{log}"
+
+
 def test_each_rq_worker_restarts_after_kill(host, restart_timeout):
     for name in worker_names(host):
         before, after, took = _program_comes_back(host, name, restart_timeout)

@@ -66,7 +66,7 @@ boot_vm() {
   qemu-img create -q -f qcow2 -F qcow2 -b "$IMAGE" "$work/$n.qcow2"
   P22=$(free_port); P80=$(free_port); P443=$(free_port)
   : >"$serial"
-  t0=$(date +%s.%N)
+  t0=$EPOCHREALTIME
   # setsid: a session, so a scheduler autogroup, of its own: beside the Vagrant VM (libvirtd's autogroup) it gets an
   # equal share of the CPU, not a share of whatever else runs in this session
   setsid qemu-system-x86_64 -accel "$ACCEL" -cpu max -smp "${SMP:-2}" -m "${MEM:-2048}" -display none -nodefaults \
@@ -84,7 +84,7 @@ boot_vm() {
       stop_vm; return 2
     fi
     kill -0 "$vmpid" 2>/dev/null || { tail -20 "$serial"; cat "$work/$n-qemu.log"; fail "$n: QEMU exited"; }
-    now=$(python3 -c "print(int(__import__('time').time() - $t0))")
+    now=$(( ${EPOCHREALTIME%.*} - ${t0%.*} ))
     # Kernel progress: until systemd runs, the console must keep growing (GRUB, then the kernel's messages).
     if [ -z "$userspace" ]; then
       if grep -aqE 'systemd\[1\]|Welcome to |Reached target|login:' "$serial"; then
@@ -102,13 +102,15 @@ boot_vm() {
     if [ "$HEALTH" = / ]; then url=https://127.0.0.1:$P443/; else url=http://127.0.0.1:$P80$HEALTH; fi
     code=$(curl -sk -o "$work/$n-readyz.json" -w '%{http_code}' -m 5 "$url" || true)
     if [ "$code" = 200 ]; then
-      BOOT_SECS=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
+      BOOT_SECS=$(awk -v now="$EPOCHREALTIME" -v t0="$t0" 'BEGIN { printf "%.1f", now - t0 }')
       say "$n: boot -> first GET $HEALTH 200 in ${BOOT_SECS}s: $(head -c 300 "$work/$n-readyz.json")"
       return 0
     fi
     [ "$now" -lt "$BOOT_TIMEOUT" ] || { tail -30 "$serial"; fail "$n: no $HEALTH 200 within ${BOOT_TIMEOUT}s (last: ${code:-none})"; }
     if [ "$code" != "$last" ]; then say "$n: ${now}s: $HEALTH -> ${code/000/no answer}"; last=$code; fi
-    sleep 2
+    # The time to the first 200 is this poll's: every 0.5 s (no process but grep, stat and curl per poll: the host's
+    # CPUs also run the guest's), so the figure is at most ~0.5 s late (a 2 s poll made it up to 2 s late).
+    sleep 0.5
   done
 }
 

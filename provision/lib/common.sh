@@ -252,15 +252,16 @@ reboot_pending() {
 # Random secrets: hex only, so they are safe inside URLs and config files without quoting.
 gen_secret() { openssl rand -hex "${1:-24}"; }
 
-# --- The app's web server: each value stated once, here, and rendered into every consumer: kiln-gunicorn (its
-# sockets, timeouts), supervisor's kiln.conf (stopwaitsecs, rendered by step 50 with render_vars), nginx's upstream
-# (web_upstream_snippet) and kiln-release's deploys (the health gate, the drains). See kiln-release's header for the
-# deploy these make possible.
 # Present from a boot's first-boot secrets stage until its config stage has written this instance's kiln.env
 # (kiln-firstboot; under /run, so gone at every shutdown): supervisord starts beside first boot, not after it, and
 # kiln-gunicorn waits while this exists (kiln-firstboot.service removes it also when the stage fails).
 # shellcheck disable=SC2034
 KILN_CONFIG_PENDING=/run/kiln-config.pending
+
+# --- The app's web server: each value stated once, here, and rendered into every consumer: kiln-gunicorn (its
+# sockets, timeouts), supervisor's kiln.conf (stopwaitsecs, rendered by step 50 with render_vars), nginx's upstream
+# (web_upstream_snippet) and kiln-release's deploys (the health gate, the drains). See kiln-release's header for the
+# deploy these make possible.
 # shellcheck disable=SC2034  # used by kiln-gunicorn, kiln-release and step 50
 KILN_WEB_SOCKET=/run/kiln/gunicorn.sock            # supervisor's kiln-web: the release that serves
 # shellcheck disable=SC2034

@@ -118,7 +118,9 @@ CACHES = {
     }
 }
 
-EXPORT_JOB_TIMEOUT = env.int("EXPORT_JOB_TIMEOUT", default=300)
+# The longest an rq job may run, in seconds: Kiln gives the app JOB_TIMEOUT (the operator's, else job-timeout of the
+# contract in pyproject.toml), and every stop of the workers waits that long for a running job.
+JOB_TIMEOUT = env.int("JOB_TIMEOUT", default=300)
 # How long the link to a CSV export (mailed, and in the job's status) works, in seconds. At most 7 days: the longest an
 # S3 presigned URL lives. The file itself stays until kiln-retention (local media) or the bucket's lifecycle removes it.
 _link_max_age = env.str("EXPORT_LINK_MAX_AGE", default="86400")
@@ -130,8 +132,8 @@ if not 1 <= EXPORT_LINK_MAX_AGE <= 7 * 24 * 3600:
 # Enqueue at once (django-rq's default waits for the DB commit): the job id is the API response.
 RQ = {"COMMIT_MODE": "auto"}
 RQ_QUEUES = {
-    "default": {"URL": QUEUE_URL, "DEFAULT_TIMEOUT": 300},
-    "export": {"URL": QUEUE_URL, "DEFAULT_TIMEOUT": EXPORT_JOB_TIMEOUT},
+    "default": {"URL": QUEUE_URL, "DEFAULT_TIMEOUT": JOB_TIMEOUT},
+    "export": {"URL": QUEUE_URL, "DEFAULT_TIMEOUT": JOB_TIMEOUT},
 }
 
 # --- Static and media ---

@@ -194,7 +194,7 @@ def create_export(request: HttpRequest) -> JsonResponse:
             export_records_csv,
             request.user.pk,
             meta={"user_id": request.user.pk},
-            job_timeout=settings.EXPORT_JOB_TIMEOUT,
+            job_timeout=settings.JOB_TIMEOUT,
             retry=Retry(max=3, interval=RETRY_INTERVALS),
             result_ttl=7 * 24 * 3600,
             failure_ttl=7 * 24 * 3600,

@@ -196,6 +196,32 @@ client_max_body_size $1;
 EOF
 }
 
+# The instance's env file: Kiln's defaults and the operator's overrides (kiln-firstboot writes it), which the app reads
+# (KILN_ENV_FILE in its environment names it).
+KILN_INSTANCE_ENV=/etc/kiln/kiln.env
+# env_value FILE KEY: KEY's value in a KEY=VALUE file (the instance's env file, the operator's overrides):
+# the last assignment, as when the app reads it, quotes stripped; nothing when FILE has none or is not readable.
+env_value() {
+  [ -r "$1" ] || return 0
+  sed -nE "s/^[[:space:]]*(export[[:space:]]+)?$2=//p" "$1" | tail -n 1 | sed -E "s/^([\"'])(.*)\\1\$/\\2/"
+}
+
+# job_timeout RELEASE_DIR: the longest an rq job of the app may run, in seconds: the operator's JOB_TIMEOUT (the
+# overrides, through KILN_INSTANCE_ENV), else the release's contract (job-timeout, in its kiln-app.env). One number
+# for the app (kiln-gunicorn, kiln-rqworker, kiln-release's manage.py and the timers give it as JOB_TIMEOUT) and for
+# every stop that waits for a running job (the workers' stopwaitsecs, supervisor.service's TimeoutStopSec:
+# kiln-release configure). kiln-firstboot refuses an override that is not a whole number >= 1.
+job_timeout() {
+  local v
+  v=$(env_value "$KILN_INSTANCE_ENV" JOB_TIMEOUT)
+  if [[ ! $v =~ ^[1-9][0-9]*$ ]]; then
+    # shellcheck source=/dev/null
+    v=$( . "$1/kiln-app.env" && printf '%s' "${KILN_APP_JOB_TIMEOUT:-}" ) || die "cannot read the contract of $1 (kiln-app.env)"
+  fi
+  [[ $v =~ ^[1-9][0-9]*$ ]] || die "no job timeout for $1: neither JOB_TIMEOUT in $KILN_INSTANCE_ENV nor job-timeout in its kiln-app.env"
+  printf '%s\n' "$v"
+}
+
 # Per-instance sizing by kiln-firstboot (its memory), removed from the image by cleanup.sh: the swap file, and the
 # database server's option file (in the distro's $DB_CONF_DIR) with the buffer pool.
 # shellcheck disable=SC2034  # used by kiln-firstboot and cleanup.sh
@@ -270,6 +296,8 @@ KILN_WEB_NEXT_SOCKET=/run/kiln/gunicorn-next.sock  # supervisor's kiln-web-next:
 KILN_WEB_TIMEOUT=60            # gunicorn --timeout: a request running longer is killed (nginx waits 65 s: kiln-proxy.conf)
 KILN_WEB_GRACEFUL_TIMEOUT=30   # gunicorn --graceful-timeout: a stopped master's requests in flight finish within it
 KILN_STOP_MARGIN=15            # supervisor waits a stopped program's own bound plus this before it kills
+# shellcheck disable=SC2034  # kiln-release configure writes it: supervisor.service's TimeoutStopSec
+KILN_SUPERVISOR_STOP_DROPIN=/etc/systemd/system/supervisor.service.d/kiln-stop-timeout.conf
 # shellcheck disable=SC2034
 KILN_WEB_STOPWAITSECS=$((KILN_WEB_GRACEFUL_TIMEOUT + KILN_STOP_MARGIN))
 # shellcheck disable=SC2034

@@ -47,7 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
         MEDIA_ROOT=str(_tmp / "media"),
         STATIC_ROOT=str(_tmp / "static"),
         MAX_UPLOAD_BYTES="65536",
-        EXPORT_JOB_TIMEOUT="60",
+        JOB_TIMEOUT="60",
         LOG_LEVEL="WARNING",
     )
     os.environ.pop("KILN_ENV_FILE", None)

@@ -101,7 +101,7 @@ def test_export_job_is_enqueued_with_timeout_and_retry(user_client, settings):
     job_id = enqueue(user_client).json()["job_id"]
     job = Job.fetch(job_id, connection=django_rq.get_connection("export"))
     assert job.origin == "export"
-    assert job.timeout == settings.EXPORT_JOB_TIMEOUT
+    assert job.timeout == settings.JOB_TIMEOUT
     assert job.retries_left == 3
     job.delete()
 

@@ -14,6 +14,7 @@ import pytest
 from kilnlib import (
     ENV_FILE,
     REBOOT_PENDING,
+    app_processes,
     http,
     main_pid,
     out,
@@ -22,6 +23,7 @@ from kilnlib import (
     unit_evidence,
     wait_for,
     wait_http_ok,
+    worker_names,
 )
 
 REDIS_UNITS = ("redis-server@cache.service", "redis-server@queue.service")
@@ -129,13 +131,44 @@ def test_reboots_happen_only_in_the_operators_window(host, overrides):
     assert 'Automatic-Reboot "true"' in settings and 'Automatic-Reboot-Time "04:30"' in settings, settings
 
 
-def test_an_upload_limit_override_applies_to_nginx_and_the_app_together(host, overrides):
-    # One number for both (provision/lib/common.sh: KILN_MAX_UPLOAD_BYTES, or the operator's MAX_UPLOAD_BYTES): raised
-    # in the overrides, a 15 MB body passes nginx and reaches the app, which refuses the anonymous write with its 401
+def _environ(host, pid: int) -> dict[str, str]:
+    lines = out(host, f"tr '\\0' '\\n' </proc/{pid}/environ").splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def test_an_upload_limit_and_a_job_timeout_override_reach_every_consumer(host, overrides):
+    # One number each, rendered into every consumer (one reconfigure for both: each costs a restart of the stack).
+    # The upload limit (provision/lib/common.sh: KILN_MAX_UPLOAD_BYTES, or the operator's MAX_UPLOAD_BYTES): raised in
+    # the overrides, a 15 MB body passes nginx and reaches the app, which refuses the anonymous write with its 401
     # (with nginx still at 10 MB, nginx answered it with its own 413).
-    sh(host, f"echo 'MAX_UPLOAD_BYTES=20000000' >>{OVERRIDES}")
+    # The job timeout (common.sh's job_timeout: the contract's job-timeout, or the operator's JOB_TIMEOUT): the app's
+    # web and rq workers get it as JOB_TIMEOUT, the workers' stop waits for it + 60 s, and systemd's bound on
+    # supervisor's stop covers the workers' wait and the web's after it (+ 15 s): 960 + 45 + 15 = 1020 s.
+    sh(host, f"printf '%s\\n' MAX_UPLOAD_BYTES=20000000 JOB_TIMEOUT=900 >>{OVERRIDES}")
     sh(host, "kiln-firstboot --reconfigure", timeout=600)
     wait_http_ok(host, "/readyz", timeout=120)
+    stop_waits = out(host, "grep -h '^stopwaitsecs=' /etc/supervisor/conf.d/kiln-workers.conf")
+    assert set(stop_waits.split()) == {"stopwaitsecs=960"}, stop_waits
+    reread = out(host, "supervisorctl reread")
+    assert reread == "No config updates to processes", f"supervisord does not run the file's config: {reread}"
+    stop = out(host, "systemctl show -P TimeoutStopUSec supervisor.service")
+    assert stop == "17min", f"supervisor.service's TimeoutStopSec: {stop}"
+    # the app's processes, once the wrappers exec'd them (kiln-rqworker waits for the web first)
+    supervisord, workers = main_pid(host, "supervisor.service"), worker_names(host)
+
+    def rq_workers() -> list:
+        return [p for p in app_processes(host) if p.ppid == supervisord and "manage.py rqworker" in p.args]
+
+    wait_for(
+        lambda: len(rq_workers()) == len(workers),
+        timeout=180,
+        what=f"rq running in each of {workers}",
+        evidence=lambda: "\n".join(f"{p.pid} {p.ppid} {p.args}" for p in app_processes(host)),
+    )
+    master = int(out(host, "cat /run/kiln/gunicorn.pid"))
+    procs = rq_workers() + [p for p in app_processes(host) if p.ppid == master]
+    seen = {f"{p.pid} {p.args[:60]}": _environ(host, p.pid).get("JOB_TIMEOUT") for p in procs}
+    assert seen and set(seen.values()) == {"900"}, seen
     nginx = out(host, "nginx -T 2>/dev/null | grep -E '^[[:space:]]*client_max_body_size' || true")
     assert "client_max_body_size 20000000;" in nginx, f"nginx's limit after the override:\n{nginx}"
     r = http(

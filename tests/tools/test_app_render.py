@@ -35,9 +35,9 @@ kiln_ready = load("kiln_ready", LIB / "kiln_ready.py")
 logcover = load("logcover", ROOT / "tests" / "infra" / "logcover.py")
 
 
-def render(app: Path, tmp_path: Path) -> dict[str, str]:
+def render(app: Path, tmp_path: Path, *options: str) -> dict[str, str]:
     out = tmp_path / "out"
-    res = run(app.parent, "render", app.name, "--python", "3.13", "--out", str(out))
+    res = run(app.parent, "render", app.name, "--python", "3.13", "--out", str(out), *options)
     assert res.returncode == 0, res.stderr
     files = {p.relative_to(out).as_posix(): p.read_text() for p in sorted(out.rglob("*")) if p.is_file()}
     assert sorted(res.stdout.split()) == sorted(files)
@@ -111,6 +111,7 @@ def test_contract_with_two_groups_and_a_timer_renders_two_programs_and_a_timer(t
         "LANG=C.UTF-8",
         "PYTHONUNBUFFERED=1",
         "DJANGO_SETTINGS_MODULE=mysite.settings",
+        "JOB_TIMEOUT=180",  # the contract's job-timeout (its default) without the operator's
     ]
     timer = unit(files["systemd/kiln-app-sessions.timer"])
     assert (timer["Timer"]["OnCalendar"], timer["Timer"]["Persistent"], timer["Install"]["WantedBy"]) == (

@@ -1,7 +1,7 @@
 """The web server's values, each stated once in provision/lib/common.sh, rendered into every consumer: supervisor's
 kiln.conf (render_vars, provision step 50), nginx's upstream (web_upstream_snippet) and kiln-gunicorn; and the worker
-groups' stop wait from the contract's job-timeout (kiln_app.py render). The deploy that relies on them is proven on
-the VM (tests/infra/test_release.py)."""
+groups' stop wait from the job timeout (kiln_app.py render, common.sh's job_timeout). The deploy that relies on them is
+proven on the VM (tests/infra/test_release.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import configparser
 import subprocess
 
 from test_app_contract import FULL, LOCK_RQ, ROOT, startproject
-from test_app_render import render
+from test_app_render import render, unit
 
 COMMON = ROOT / "provision" / "lib" / "common.sh"
 SUPERVISOR_CONF = ROOT / "provision" / "files" / "etc" / "supervisor" / "conf.d" / "kiln.conf"
@@ -98,11 +98,38 @@ def test_workers_stop_wait_follows_the_contracts_job_timeout(tmp_path):
     assert [conf[f"program:kiln-worker-{g}"]["stopwaitsecs"] for g in ("fast", "slow")] == ["960", "960"]
 
 
+def test_an_operators_job_timeout_sets_the_workers_stop_wait_and_the_timers_job_timeout(tmp_path):
+    app = startproject(tmp_path, FULL, LOCK_RQ)  # the contract's job-timeout: the default, 180
+    files = render(app, tmp_path, "--job-timeout", "900")
+    conf = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+    conf.read_string(files["supervisor/kiln-workers.conf"])
+    assert [conf[f"program:kiln-worker-{g}"]["stopwaitsecs"] for g in ("fast", "slow")] == ["960", "960"]
+    service = unit(files["systemd/kiln-app-sessions.service"])["Service"]
+    assert "JOB_TIMEOUT=900" in service["Environment"].split(), service
+
+
+def test_job_timeout_is_the_operators_else_the_release_contracts(tmp_path):
+    release, env_file = tmp_path / "release", tmp_path / "kiln.env"
+    release.mkdir()
+    (release / "kiln-app.env").write_text("KILN_APP_NAME=mysite\nKILN_APP_JOB_TIMEOUT=300\n")
+
+    def job_timeout() -> subprocess.CompletedProcess:
+        return bash(f'KILN_INSTANCE_ENV="{env_file}"; job_timeout "$1"', str(release))
+
+    assert job_timeout().stdout == "300\n"  # no instance env yet (an image build): the contract's
+    env_file.write_text("JOB_TIMEOUT=120\n# --- from /etc/kiln/overrides.env ---\nexport JOB_TIMEOUT='900'\n")
+    assert job_timeout().stdout == "900\n"  # the operator's, the last assignment, as the app reads it
+    env_file.write_text("SECRET_KEY=x\n")
+    (release / "kiln-app.env").write_text("KILN_APP_NAME=mysite\n")
+    res = job_timeout()
+    assert res.returncode != 0 and "JOB_TIMEOUT" in res.stderr and "job-timeout" in res.stderr, res
+
+
 def test_reference_app_states_its_export_jobs_timeout(tmp_path):
     files = render(ROOT / "app", tmp_path)
     conf = configparser.RawConfigParser(inline_comment_prefixes=(";",))
     conf.read_string(files["supervisor/kiln-workers.conf"])
-    assert conf["program:kiln-worker-default"]["stopwaitsecs"] == "360"  # job-timeout 300 (EXPORT_JOB_TIMEOUT) + 60
+    assert conf["program:kiln-worker-default"]["stopwaitsecs"] == "360"  # job-timeout 300 + 60
 
 
 def test_static_files_are_served_from_the_release_given(tmp_path):

@@ -643,7 +643,7 @@ def systemd_word(word: str) -> str:
     return word.replace("%", "%%").replace("$", "$$")
 
 
-def supervisor_workers(c: dict[str, Any]) -> str:
+def supervisor_workers(c: dict[str, Any], job_timeout: int) -> str:
     """supervisord's programs for the rq worker groups: one program per group, all in the group kiln-worker."""
     programs = [f"kiln-worker-{name}" for name in c["workers"]]
     out = [
@@ -674,8 +674,8 @@ def supervisor_workers(c: dict[str, Any]) -> str:
             "startsecs=5",
             "startretries=100",
             "stopsignal=TERM",
-            f"; the contract's job-timeout ({c['job-timeout']} s) + {JOB_STOP_MARGIN} s: a running job finishes",
-            f"stopwaitsecs={c['job-timeout'] + JOB_STOP_MARGIN}",
+            f"; the job timeout ({job_timeout} s) + {JOB_STOP_MARGIN} s: a running job finishes",
+            f"stopwaitsecs={job_timeout + JOB_STOP_MARGIN}",
             "stopasgroup=true",
             "killasgroup=true",
             "redirect_stderr=true",
@@ -686,7 +686,7 @@ def supervisor_workers(c: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def timer_units(c: dict[str, Any], name: str) -> tuple[str, str]:
+def timer_units(c: dict[str, Any], name: str, job_timeout: int) -> tuple[str, str]:
     """(service, timer) of a scheduled command: manage.py COMMAND as the app's user with the instance's settings."""
     timer = c["timers"][name]
     words = [f"{CURRENT}/venv/bin/python", f"{CURRENT}/app/manage.py", *shlex.split(timer["command"])]
@@ -702,7 +702,7 @@ Type=oneshot
 User=kiln
 Group=kiln
 WorkingDirectory={CURRENT}/app
-Environment={APP_ENV} DJANGO_SETTINGS_MODULE={c["settings"]}
+Environment={APP_ENV} DJANGO_SETTINGS_MODULE={c["settings"]} JOB_TIMEOUT={job_timeout}
 ExecStart={" ".join(map(systemd_word, words))}
 Nice=10
 NoNewPrivileges=yes
@@ -755,15 +755,19 @@ location ^~ {c["static-url"]} {{
     return {"kiln-app.conf": https, "kiln-app-http.conf": http}
 
 
-def render(app: App, release: str = CURRENT) -> dict[str, str]:
+def render(app: App, release: str = CURRENT, job_timeout: int | None = None) -> dict[str, str]:
     """The app's server configuration, {path under the output folder: content}: supervisor/kiln-workers.conf (no
-    file: no worker group), systemd/kiln-app-NAME.{service,timer} per timer, nginx/kiln-app{,-http}.conf."""
+    file: no worker group), systemd/kiln-app-NAME.{service,timer} per timer, nginx/kiln-app{,-http}.conf.
+    job_timeout: the operator's (kiln-release passes common.sh's job_timeout), else the contract's job-timeout."""
     c = app.contract
+    job_timeout = job_timeout or c["job-timeout"]
     files = {f"nginx/{name}": text for name, text in nginx_snippets(c, release).items()}
     if c["workers"]:
-        files["supervisor/kiln-workers.conf"] = supervisor_workers(c)
+        files["supervisor/kiln-workers.conf"] = supervisor_workers(c, job_timeout)
     for name in c["timers"]:
-        files[f"systemd/kiln-app-{name}.service"], files[f"systemd/kiln-app-{name}.timer"] = timer_units(c, name)
+        files[f"systemd/kiln-app-{name}.service"], files[f"systemd/kiln-app-{name}.timer"] = timer_units(
+            c, name, job_timeout
+        )
     return files
 
 
@@ -803,6 +807,16 @@ def distro_python(parser: argparse.ArgumentParser, name: str) -> str:
     return ""  # not reached
 
 
+def positive(text: str) -> int:
+    """argparse type: a whole number of seconds >= 1 (check_seconds, as for the contract's job-timeout)."""
+    problem = None if text.isdigit() else f"must be a whole number of seconds, not {text!r}"
+    if problem is None:
+        problem = check_seconds(int(text))
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kiln_app.py", description="Kiln's app contract ([tool.kiln]).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -812,6 +826,9 @@ def main(argv: list[str] | None = None) -> int:
     rend = sub.add_parser("render", help="the server's configuration of the app, written into --out (kiln-release)")
     rend.add_argument("--out", metavar="DIR", type=Path, required=True, help="an empty or new folder")
     rend.add_argument("--release", metavar="DIR", default=CURRENT, help=f"the release's directory [{CURRENT}]")
+    rend.add_argument(
+        "--job-timeout", metavar="SECONDS", type=positive, help="the operator's job timeout [the contract's]"
+    )
     sub.add_parser("docs", help="the contract's keys as a Markdown table")
     for p in (check, show, rend):
         p.add_argument("app_dir", metavar="APP_DIR", type=Path, help="the folder with manage.py")
@@ -840,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print(f"{PREFIX}{app.name} {app.version}: ok")
     elif args.command == "render":
-        for rel, text in render(app, args.release).items():
+        for rel, text in render(app, args.release, args.job_timeout).items():
             (args.out / rel).parent.mkdir(parents=True, exist_ok=True)
             (args.out / rel).write_text(text, encoding="utf-8")
             print(rel)

@@ -8,7 +8,8 @@
 #     cloud-init's "log in as debian" stub (and sshd refuses root anyway);
 #   - the hostname is the served one, and the served network config was rendered (NIC with the served MAC renamed
 #     eth0, 10-cloud-init-eth0.network);
-#   - the user-data's write_files landed (/etc/kiln/overrides.env, 0600) before the first boot read it (kiln.env);
+#   - the user-data's write_files landed (/etc/kiln/overrides.env, 0600) before the first boot read it (kiln.env;
+#     its JOB_TIMEOUT in the workers' and supervisor's stop waits);
 #   - cloud-init is done without errors, datasource Hetzner; the three kiln-firstboot units are active;
 #   - /readyz answered 200 through the forwarded port (the boot wait, tests/image/vm-boot.sh);
 #   - ds-identify (the image's own, with the image's datasource_list) picks the datasource of every provider the
@@ -79,6 +80,7 @@ write_files:
     permissions: "0600"
     content: |
       LOG_LEVEL=WARNING
+      JOB_TIMEOUT=600
 EOF
 server=$repo/tests/image/metadata_server.py
 python3 "$server" write "$md" --instance-id "$iid" --hostname "$host" --mac "$mac" \
@@ -125,6 +127,9 @@ echo "== ds-identify"; grep '^datasource_list' /run/cloud-init/cloud.cfg
 echo "== firstboot"; systemctl is-active kiln-firstboot-secrets kiln-firstboot kiln-firstboot-db
 echo "== overrides"; stat -c '%a %U' /etc/kiln/overrides.env; cat /etc/kiln/overrides.env
 echo "== kiln.env"; sed -n '/^# --- from/,$p' /etc/kiln/kiln.env
+# the first boot rendered the app's config with the operator's job timeout (kiln-release configure)
+echo "== job-timeout"; grep -h '^stopwaitsecs=' /etc/supervisor/conf.d/kiln-workers.conf | sort -u
+systemctl show -P TimeoutStopUSec supervisor.service
 # ds-identify as it would decide on other machines: the DMI values and file-system labels it reads, faked in a
 # scratch directory (its PATH_* variables and its test environment file), the image's /etc/cloud as it is.
 echo "== providers"
@@ -170,8 +175,10 @@ expect "cloud-init errors" "$(section cloud-init | sed -n 's/^errors: //p')" "[]
 expect "cloud-init status rc" "$(section cloud-init | sed -n 's/^rc //p')" 0
 expect "ds-identify's choice" "$(section ds-identify)" "datasource_list: [ Hetzner, None ]"
 expect "first boot" "$(section firstboot | xargs)" "active active active"
-expect "user-data's overrides.env" "$(section overrides | xargs)" "600 root LOG_LEVEL=WARNING"
-expect "kiln.env from the overrides" "$(section kiln.env | tail -1)" LOG_LEVEL=WARNING
+expect "user-data's overrides.env" "$(section overrides | xargs)" "600 root LOG_LEVEL=WARNING JOB_TIMEOUT=600"
+expect "kiln.env from the overrides" "$(section kiln.env | sed 1d | xargs)" "LOG_LEVEL=WARNING JOB_TIMEOUT=600"
+# the workers' stop wait: 600 + 60; supervisor's in systemd: that + kiln-web's 45 + 15 = 720 s
+expect "the operator's job timeout in the stop waits" "$(section job-timeout | xargs)" "stopwaitsecs=660 12min"
 while IFS='=' read -r name want; do
   expect "ds-identify on $name" "$(section providers | sed -n "s/^$name=//p")" "$want"
 done <<'EOF'

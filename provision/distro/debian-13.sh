@@ -28,6 +28,8 @@ PKG_LOGS=(logrotate)
 # Backups (kiln-backup): restic, and the database's dump tool and server binary (the restore test runs a throw-away
 # server of its own)
 PKG_BACKUP=(restic)
+# git: kiln-release deploys an app from a git URL too (a shallow fetch of one ref)
+PKG_DEPLOY=(git)
 DB_DUMP=mariadb-dump
 DB_SERVER_BIN=/usr/sbin/mariadbd
 DB_INSTALL_DB=mariadb-install-db

@@ -28,6 +28,8 @@ PKG_LOGS=(logrotate)
 # Backups (kiln-backup): restic, and the database's dump tool and server binary (the restore test runs a throw-away
 # server of its own); MySQL initialises its datadir itself (--initialize-insecure)
 PKG_BACKUP=(restic)
+# git: kiln-release deploys an app from a git URL too (a shallow fetch of one ref)
+PKG_DEPLOY=(git)
 DB_DUMP=mysqldump
 DB_SERVER_BIN=/usr/sbin/mysqld
 DB_INSTALL_DB=

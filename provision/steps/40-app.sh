@@ -19,6 +19,9 @@ put usr/local/lib/kiln/kiln_app.py 0644 || true
 put usr/local/lib/kiln/kiln_ready.py 0755 || true
 ensure_symlink ../lib/kiln/kiln_ready.py /usr/local/bin/kiln-ready || true
 
+# What kiln-release needs to deploy from a git URL.
+apt_install "${PKG_DEPLOY[@]}"
+
 before=$(readlink /srv/kiln/current 2>/dev/null || true)
 KILN_PROVISION_DIR=/usr/local/lib/kiln /usr/local/sbin/kiln-release deploy "$KILN_APP_SRC" ${KILN_VERSION:+"$KILN_VERSION"}
 after=$(readlink /srv/kiln/current)

@@ -573,6 +573,31 @@ if [ "${KILN_NSPAWN_SECOND_APP:-1}" != 0 ]; then
   check "second app: its home page lists the snapshot with file's MIME type (its runtime package at work)" bash -c \
     "curl -sk --max-time 5 https://127.0.0.1/ | grep -q '\.txt (text/plain)</li>'"
   no_change_run "second app: " app2-again app2
+
+  # -------------------------------------------------------------- 7. the second app deployed from a git URL
+  say "the second app from a git repository: kiln-release deploy file://...#v2:site (a tag; the app in a subfolder)"
+  # A repository with the app in site/: v1 as it is, then a tagged commit v2 that adds a static file.
+  git_repo=/var/tmp/second-app.git
+  rm -rf "$WORK/gitsrc" "${ROOT:?}$git_repo"
+  mkdir -p "$WORK/gitsrc" && cp -a "$REPO/tests/fixtures/second-app" "$WORK/gitsrc/site"
+  gitw() { git -C "$WORK/gitsrc" -c user.name=kiln-test -c user.email=kiln-test@localhost "$@"; }
+  { gitw init -q -b main && gitw add -A && gitw commit -q -m v1 \
+    && echo "from git v2" >"$WORK/gitsrc/site/tally/static/tally/v2.txt" && gitw add -A && gitw commit -q -m v2 \
+    && gitw tag v2 && git clone -q --bare "$WORK/gitsrc" "$ROOT$git_repo"; } || fatal "cannot make the test's git repository"
+  v2=$(gitw rev-parse v2)
+  cx kiln-release deploy "file://$git_repo#v2:site" >"$WORK/deploy-git.log" 2>&1 \
+    || { sed 's/^/  | /' "$WORK/deploy-git.log"; fatal "kiln-release deploy from git failed"; }
+  check "git deploy: current -> releases/v2-${v2:0:12} (the tag's commit)" test "$(cx readlink /srv/kiln/current)" = "releases/v2-${v2:0:12}"
+  check "git deploy: the release records its origin (GIT=file://$git_repo#v2:site $v2)" \
+    cx grep -qx "GIT=file://$git_repo#v2:site $v2" /srv/kiln/current/.kiln-release
+  check "git deploy: no .git in the release, no scratch left in /var/tmp" \
+    cx bash -c '[ ! -e /srv/kiln/current/app/.git ] && ! compgen -G "/var/tmp/kiln-release-git.*"'
+  check "git deploy: v2's new static file served by nginx (/assets/tally/v2.txt)" \
+    bash -c "curl -sk --max-time 5 https://127.0.0.1/assets/tally/v2.txt | grep -qx 'from git v2'"
+  check "git deploy: $KILN_APP_HEALTH 200 on the new release" test "$(http_code "http://127.0.0.1$KILN_APP_HEALTH")" = 200
+  rc=0; cx kiln-release deploy "file://$git_repo#no-such-ref:site" >"$WORK/deploy-git-bad.log" 2>&1 || rc=$?
+  check "git deploy: an unknown ref stops the deploy (exit $rc), naming it; nothing built, current unchanged" bash -c \
+    "[ $rc = 1 ] && grep -q 'cannot fetch no-such-ref of file://$git_repo' '$WORK/deploy-git-bad.log' && [ \"\$(cx readlink /srv/kiln/current)\" = releases/v2-${v2:0:12} ] && ! compgen -G '$ROOT/srv/kiln/releases/no-such-ref*' && ! compgen -G '$ROOT/var/tmp/kiln-release-git.*'"
   APP2_TOTAL=$(( $(date +%s) - t_app2 ))
 fi
 

@@ -620,7 +620,11 @@ COMMANDS = [
         "status", "[--json]", "units, programs, readiness, release, disk, reboot, mail, backups, maintenance", 0, 1
     ),
     Command(
-        "deploy", "SRC|ARTIFACT [VERSION]", "build a release of the app and switch to it (kiln-release deploy)", 1, 2
+        "deploy",
+        "SRC [VERSION]",
+        "build a release of the app (a directory, or a git URL#REF) and switch to it (kiln-release deploy)",
+        1,
+        2,
     ),
     Command("rollback", "", "switch back to the previous release (kiln-release rollback)"),
     Command("releases", "", "the releases on this server, * marks the current one (kiln-release list)"),

@@ -12,11 +12,15 @@ same jobs (fork, simple, simple, fork), with the app's own workers stopped meanw
 Validity gates (a run that fails one prints why and no figures, and exits 1): every response of every cell as
 expected (the target's status 200 checked before each block, 0 wrk errors: connect, read, write, timeout, non-2xx/3xx),
 the configuration a block measures is the one serving, every process of the server confined to its CPU (checked
-before each block), the load generator's core not saturated in any cell (wrk's demand for it, the time it ran plus
-the time it was ready but waited for it (its cgroup's cpu.pressure: other processes on this shared machine), below
-CLIENT_MAX of the cell), and every cell (and every rq measurement) repeated at least twice, so the table shows a
-spread (min-max).
-Speed is never a gate: the targets of issue 13 are reported as met or missed.
+before each block), and every cell (and every rq measurement) repeated at least twice, so the table shows a spread
+(min-max).
+A cell whose load generator's core was saturated (wrk's demand for it, the time it ran plus the time it was ready but
+waited for it (its cgroup's cpu.pressure: other processes on this shared machine), above CLIENT_MAX of the cell) was
+paced by the client: its req/s is a lower bound of the server's (shown as >=), its latencies are the client's, and a
+target it enters is judged by that bound (met when a lower bound already meets it, unknown when the bound is on the
+wrong side). On a machine whose single wrk core is slower than nginx's sendfile-free TLS path (static files at c16),
+that is the honest figure; the server's CPU per request stays exact.
+Speed is never a gate: the targets of issue 13 are reported as met, missed or unknown.
 """
 
 import argparse
@@ -285,10 +289,10 @@ class Bench:
                 if report["requests"] == 0:
                     raise GateError(f"{CONFIGS[config]} {TARGETS[target][0]} c{connections}: no request completed")
                 if report["client_demand"] > CLIENT_MAX:
-                    raise GateError(
+                    self.say(
                         f"{CONFIGS[config]} {TARGETS[target][0]} c{connections}: wrk ran {report['client_cpu']:.0%} "
                         f"and waited for its CPU {report['client_waited']:.0%} of the time (> {CLIENT_MAX:.0%}): "
-                        "the load generator's core was saturated, the client, not the server, set the pace"
+                        "client-bound, its req/s a lower bound of the server's"
                     )
             self.say(f"block {block + 1}/{len(self.blocks)} ({CONFIGS[config]}) done")
         self.switch("kiln")
@@ -342,6 +346,8 @@ class Bench:
                     "client_core_busy_max": max(r["client_core_busy"] for r in runs),
                     "client_waited_max": max(r["client_waited"] for r in runs),
                     "client_demand_max": max(r["client_demand"] for r in runs),
+                    # any repetition paced by the client: the median req/s is a lower bound of the server's
+                    "client_bound": any(r["client_demand"] > CLIENT_MAX for r in runs),
                     "server_waited": spread([r["server_waited"] for r in runs]),
                 }
         rq = {}
@@ -368,32 +374,42 @@ class Bench:
         def p99(key: str) -> float:
             return cells[key]["p99_ms"]["median"]
 
-        out = [
-            ("cached page / DB page, c16", rps("kiln/cached/c16") / rps("kiln/db/c16"), 5.0, None),
-            ("static: nginx / Django, c16", rps("kiln/static/c16") / rps("kiln/static-django/c16"), 10.0, None),
+        def bound(key: str) -> bool:
+            return cells[key]["client_bound"]
+
+        # (name, numerator cell, denominator cell, goal, compare p99s)
+        pairs = [
+            ("cached page / DB page, c16", "kiln/cached/c16", "kiln/db/c16", 5.0, False),
+            ("static: nginx / Django, c16", "kiln/static/c16", "kiln/static-django/c16", 10.0, False),
         ]
-        for c in (1, 16):
-            out.append(
-                (
-                    f"DB page: Kiln / DigitalOcean, c{c}",
-                    rps(f"kiln/db/c{c}") / rps(f"do/db/c{c}"),
-                    1.0,
-                    (p99(f"kiln/db/c{c}"), p99(f"do/db/c{c}")),
-                )
-            )
-        for c in (1, 16):
-            out.append(
-                (f"static: Kiln / DigitalOcean, c{c}", rps(f"kiln/static/c{c}") / rps(f"do/static/c{c}"), 1.5, None)
-            )
-        simple, fork = rq["noop/simple"]["jobs_per_s"]["median"], rq["noop/fork"]["jobs_per_s"]["median"]
-        out.append(("rq no-op jobs: better worker / forking", max(simple, fork) / fork, 5.0, None))
+        pairs += [(f"DB page: Kiln / DigitalOcean, c{c}", f"kiln/db/c{c}", f"do/db/c{c}", 1.0, True) for c in (1, 16)]
+        pairs += [
+            (f"static: Kiln / DigitalOcean, c{c}", f"kiln/static/c{c}", f"do/static/c{c}", 1.5, False) for c in (1, 16)
+        ]
         rows = []
-        for name, ratio, goal, p99s in out:
-            met = ratio >= goal and (p99s is None or p99s[0] < p99s[1])
+        for name, num, den, goal, with_p99 in pairs:
+            ratio = rps(num) / rps(den)
+            # A client-bound numerator only understates the ratio (a lower bound); a client-bound denominator may
+            # overstate it, and its p99 is the client's: nothing can be claimed from it but a miss.
+            met: bool | None = ratio >= goal and (not with_p99 or p99(num) < p99(den))
+            if met and (bound(den) or (with_p99 and bound(num))):
+                met = None
             row = {"target": name, "ratio": round(ratio, 2), "goal": goal, "met": met}
-            if p99s:
-                row["p99_ms"] = {"kiln": p99s[0], "do": p99s[1]}
+            row["bound"] = "lower" if bound(num) and not bound(den) else "unknown" if bound(den) else None
+            if with_p99:
+                row["p99_ms"] = {"kiln": p99(num), "do": p99(den)}
             rows.append(row)
+        simple, fork = rq["noop/simple"]["jobs_per_s"]["median"], rq["noop/fork"]["jobs_per_s"]["median"]
+        ratio = max(simple, fork) / fork
+        rows.append(
+            {
+                "target": "rq no-op jobs: better worker / forking",
+                "ratio": round(ratio, 2),
+                "goal": 5.0,
+                "met": ratio >= 5.0,
+                "bound": None,
+            }
+        )
         return rows
 
 
@@ -416,9 +432,10 @@ def table(result: dict) -> str:
     for cell in result["cells"].values():
         lines.append(
             f"{CONFIGS[cell['config']]:<21} {TARGETS[cell['target']][0]:<15} {cell['connections']:>4}  "
-            f"{fmt(cell['rps']):>22}  {fmt(cell['p50_ms'], 2):>18}  {fmt(cell['p99_ms'], 2):>18}  "
-            f"{fmt(cell['server_cpu_ms_per_req'], 3):>20}  {cell['bytes_per_req']:>7.0f}  "
-            f"{cell['client_demand_max']:>9.0%}"
+            f"{('>= ' if cell['client_bound'] else '') + fmt(cell['rps']):>22}  {fmt(cell['p50_ms'], 2):>18}  "
+            f"{fmt(cell['p99_ms'], 2):>18}  {fmt(cell['server_cpu_ms_per_req'], 3):>20}  "
+            f"{cell['bytes_per_req']:>7.0f}  {cell['client_demand_max']:>9.0%}"
+            + (" client-bound" if cell["client_bound"] else "")
         )
     lines += ["", f"{'rq worker':<10} {'jobs':<20} {'n':>5}  {'jobs/s':>22}  {'server CPU ms/job':>20}"]
     for r in result["rq"].values():
@@ -429,12 +446,18 @@ def table(result: dict) -> str:
     lines += ["", "issue 13's targets (ratios of medians, this run):"]
     for t in result["targets"]:
         extra = f"; p99 {t['p99_ms']['kiln']:.1f} vs {t['p99_ms']['do']:.1f} ms (lower wanted)" if "p99_ms" in t else ""
-        lines.append(
-            f"  {'met   ' if t['met'] else 'MISSED'} {t['target']:<42} {t['ratio']:>7.2f}x "
-            f"(goal >= {t['goal']}x){extra}"
-        )
+        verdict = {True: "met   ", False: "MISSED", None: "unknwn"}[t["met"]]
+        ratio = f"{'>=' if t.get('bound') == 'lower' else '  '}{t['ratio']:>7.2f}x"
+        note = " (a client-bound cell: see above)" if t.get("bound") else ""
+        lines.append(f"  {verdict} {t['target']:<42} {ratio} (goal >= {t['goal']}x){extra}{note}")
+    bound = [
+        f"{CONFIGS[c['config']]} {TARGETS[c['target']][0]} c{c['connections']}"
+        for c in result["cells"].values()
+        if c["client_bound"]
+    ]
     lines.append(
-        f"gates: 0 errors in every cell; wrk's demand for its core (ran + waited) below {CLIENT_MAX:.0%} in every cell"
+        f"gates: 0 errors in every cell; wrk's demand for its core (ran + waited) above {CLIENT_MAX:.0%} "
+        f"(client-bound, req/s a lower bound) in: {', '.join(bound) or 'no cell'}"
     )
     return "\n".join(lines)
 

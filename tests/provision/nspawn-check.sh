@@ -590,8 +590,8 @@ if [ "${KILN_NSPAWN_SECOND_APP:-1}" != 0 ]; then
   check "git deploy: current -> releases/v2-${v2:0:12} (the tag's commit)" test "$(cx readlink /srv/kiln/current)" = "releases/v2-${v2:0:12}"
   check "git deploy: the release records its origin (GIT=file://$git_repo#v2:site $v2)" \
     cx grep -qx "GIT=file://$git_repo#v2:site $v2" /srv/kiln/current/.kiln-release
-  check "git deploy: no .git in the release, no scratch left in /var/tmp" \
-    cx bash -c '[ ! -e /srv/kiln/current/app/.git ] && ! compgen -G "/var/tmp/kiln-release-git.*"'
+  check "git deploy: the fetch's scratch directory is gone from /var/tmp" \
+    cx bash -c '! compgen -G "/var/tmp/kiln-release-git.*"'
   check "git deploy: v2's new static file served by nginx (/assets/tally/v2.txt)" \
     bash -c "curl -sk --max-time 5 https://127.0.0.1/assets/tally/v2.txt | grep -qx 'from git v2'"
   check "git deploy: $KILN_APP_HEALTH 200 on the new release" test "$(http_code "http://127.0.0.1$KILN_APP_HEALTH")" = 200

@@ -1,0 +1,99 @@
+"""make bench's figures from its raw measurements (bench/bench.py: summary, targets, table), without a server: a cell
+paced by the load generator (wrk's core saturated) is a lower bound, and a target is judged by that bound."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("kiln_bench", ROOT / "bench" / "bench.py")
+bench = sys.modules["kiln_bench"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+RPS = {"db": 500, "cached": 3000, "nodb": 1500, "static": 40000, "static-django": 700}
+
+
+def run(config: str, target: str, connections: int, demand: float = 0.5) -> dict:
+    requests = RPS[target] * (2 if config == "kiln" else 1)
+    return {
+        "config": config,
+        "target": target,
+        "connections": connections,
+        "requests": requests,
+        "duration_us": 1_000_000,
+        "bytes": requests * 700,
+        "errors": {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0},
+        "latency_us": {"p50": 1000, "p90": 2000, "p99": 3000 if config == "kiln" else 4000, "max": 5000},
+        "server_cpu_us": requests * 100,
+        "client_cpu": demand,
+        "client_core_busy": demand,
+        "client_waited": 0.0,
+        "client_demand": demand,
+        "server_waited": 0.0,
+    }
+
+
+def measured(bound: set[str]) -> dict:
+    """A quick run's summary; each cell named in bound ("config/target/cN") had wrk's core saturated once."""
+    b = bench.Bench.__new__(bench.Bench)
+    b.rq_jobs = {"noop": 100, "query": 50}
+    b.runs = [
+        run(config, target, c, 0.97 if f"{config}/{target}/c{c}" in bound and rep == 0 else 0.5)
+        for config, cells in bench.CELLS.items()
+        for target, c in cells
+        for rep in range(2)
+    ]
+    b.rq = [
+        {"kind": kind, "worker": w, "finished": 100, "seconds": 2.0 if w == "fork" else 0.2, "server_cpu_us": 9}
+        for kind in bench.RQ_KINDS
+        for w in ("fork", "simple")
+        for _ in range(2)
+    ]
+    return b.summary()
+
+
+def target(summary: dict, name: str) -> dict:
+    return next(t for t in summary["targets"] if t["target"] == name)
+
+
+def test_a_client_bound_numerator_is_a_lower_bound_that_can_meet_its_target():
+    s = measured({"kiln/static/c16"})
+    assert s["cells"]["kiln/static/c16"]["client_bound"] and not s["cells"]["do/static/c16"]["client_bound"]
+    t = target(s, "static: Kiln / DigitalOcean, c16")
+    assert (t["met"], t["bound"]) == (True, "lower"), t
+
+
+def test_a_client_bound_denominator_leaves_its_target_unknown():
+    t = target(measured({"do/static/c16"}), "static: Kiln / DigitalOcean, c16")
+    assert (t["met"], t["bound"]) == (None, "unknown"), t
+
+
+def test_no_saturated_cell_judges_every_target_plainly():
+    s = measured(set())
+    assert not any(c["client_bound"] for c in s["cells"].values())
+    assert all(t["met"] in (True, False) and t["bound"] is None for t in s["targets"]), s["targets"]
+
+
+def test_the_table_marks_a_client_bound_cell_and_its_target():
+    s = measured({"kiln/static/c16"})
+    meta = {
+        "commit": "abc",
+        "tier": "nspawn",
+        "machine": {"nproc": 2, "cpu_model": "test"},
+        "server_cpu": "0",
+        "client_cpu": "1",
+        "mode": "quick",
+        "seconds_per_cell": 1,
+        "repetitions": 2,
+        "boot_ready_s": 1.0,
+        "run_s": 1.0,
+    }
+    text = bench.table({"meta": meta, **s})
+    row = next(
+        line for line in text.splitlines() if line.startswith("Kiln") and "static, nginx" in line and " 16 " in line
+    )
+    assert ">= " in row and row.endswith("client-bound"), row
+    assert "in: Kiln static, nginx c16" in text, text
+    assert ">=" in next(line for line in text.splitlines() if "static: Kiln / DigitalOcean, c16" in line)

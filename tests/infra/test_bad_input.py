@@ -94,7 +94,8 @@ BATTERY = textwrap.dedent(r"""
     seen = {}
     for name, raw in cases.items():
         try:
-            with socket.create_connection(("127.0.0.1", 443), timeout=15) as raw_sock:
+            # (the "user:" cases make the app check a password: kilnlib.PASSWORD_CHECK_TIMEOUT)
+            with socket.create_connection(("127.0.0.1", 443), timeout=90) as raw_sock:
                 with ctx.wrap_socket(raw_sock, server_hostname="localhost") as s:
                     s.sendall(raw.encode("latin-1"))
                     data = b""

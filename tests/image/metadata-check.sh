@@ -206,4 +206,4 @@ if [ ${#problems[@]} -gt 0 ]; then
   sed 's/^/    | /' "$work/c.inspect" >&2
   fail "c: ${#problems[@]} check(s) failed"
 fi
-say "PASS: a Hetzner instance: boot -> first /readyz 200 in ${BOOT_SECS}s, key for debian, hostname, network, user-data, first boot (accel $ACCEL); total $(( $(date +%s) - start ))s"
+say "PASS: a Hetzner instance: boot -> first $HEALTH 200 in ${BOOT_SECS}s, key for debian, hostname, network, user-data, first boot (accel $ACCEL); total $(( $(date +%s) - start ))s"

@@ -30,7 +30,11 @@ source "qemu" "kiln" {
   output_directory   = var.output_directory
   vm_name            = var.vm_name
 
-  communicator         = "ssh"
+  communicator = "ssh"
+  # Not Packer's default 2222-4444, which holds MariaDB's 3306: in `make test` the nspawn tier's container, on the
+  # host's network, starts MariaDB while this build runs.
+  host_port_min        = 2222
+  host_port_max        = 2999
   ssh_username         = var.ssh_username
   ssh_private_key_file = var.ssh_private_key_file
   ssh_agent_auth       = var.ssh_private_key_file == ""

@@ -8,17 +8,27 @@ set -euo pipefail
 # every exec. Measured in a TCG guest of the image (2 vCPUs): an exec of /bin/true 44 -> 27 ms, `openssl version` 214 ->
 # 74 ms (7.2 against 10.0). Debian 12 ships 7.2; its backports carry 10.0.
 declare -A MIN=([qemu-system-x86]=1:8.0 [qemu-utils]=1:8.0)
-missing=() too_old=()
-for pkg in "$@"; do
-  have=$(dpkg-query -W -f='${Status} ${Version}' "$pkg" 2>/dev/null || true)
-  case $have in
-    "install ok installed "*) ;;
-    *) missing+=("$pkg"); continue ;;
-  esac
-  if [ -n "${MIN[$pkg]:-}" ] && dpkg --compare-versions "${have##* }" lt "${MIN[$pkg]}"; then too_old+=("$pkg"); fi
-done
-[ ${#missing[@]} -eq 0 ] && [ ${#too_old[@]} -eq 0 ] && exit 0
+wanted() { # -> missing, too_old; status 0 when nothing is to be installed
+  local pkg have
+  missing=() too_old=()
+  for pkg in "$@"; do
+    have=$(dpkg-query -W -f='${Status} ${Version}' "$pkg" 2>/dev/null || true)
+    case $have in
+      "install ok installed "*) ;;
+      *) missing+=("$pkg"); continue ;;
+    esac
+    if [ -n "${MIN[$pkg]:-}" ] && dpkg --compare-versions "${have##* }" lt "${MIN[$pkg]}"; then too_old+=("$pkg"); fi
+  done
+  [ ${#missing[@]} -eq 0 ] && [ ${#too_old[@]} -eq 0 ]
+}
+if wanted "$@"; then exit 0; fi
 [ "$(id -u)" -eq 0 ] || { echo "apt-ensure: need root to install: ${missing[*]} ${too_old[*]}" >&2; exit 1; }
+# One install at a time: `make test` runs stages side by side (tools/background.sh), each ensuring its own packages,
+# and apt refuses a second dpkg run instead of waiting. After the wait, what another run installed is not wanted.
+mkdir -p /run/lock
+exec 9>/run/lock/kiln-apt-ensure.lock
+flock 9
+if wanted "$@"; then exit 0; fi
 echo "apt-ensure: installing${missing:+ ${missing[*]}}${too_old:+ (newer: ${too_old[*]})}"
 export DEBIAN_FRONTEND=noninteractive
 # Daemons are started by whoever needs them (tests start their own), never by the package's postinst.

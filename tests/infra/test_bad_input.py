@@ -16,10 +16,33 @@ import textwrap
 from kilnlib import WEB_LOG, app_user, out, sh, wait_http_ok
 
 BATTERY = textwrap.dedent(r"""
-    import json, os, socket, ssl
+    import http.client, json, os, re, socket, ssl, urllib.parse
     H = "Host: localhost\r\n"
-    # a user's credentials (HTTP Basic), so that bodies reach the app's parsers instead of stopping at the login
-    A = H + "Authorization: " + os.environ["KILN_AUTH"] + "\r\n"
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    def https(method, path, headers, body=None):
+        c = http.client.HTTPSConnection("127.0.0.1", 443, context=ctx, timeout=90)
+        c.request(method, path, body=body, headers={"Host": "localhost", **headers})
+        r = c.getresponse()
+        page = r.read().decode("utf-8", "replace")
+        cookies = dict(v.split(";")[0].split("=", 1) for v in r.headers.get_all("Set-Cookie") or [])
+        return r.status, page, cookies
+    # A user's session, so that bodies reach the app's parsers instead of stopping at the login: one login through
+    # the form (each check of a password is Django's PBKDF2: 15-20 s of emulated CPU under TCG), then the browser's
+    # cookies and CSRF header on every "user:" case. One case sends HTTP Basic credentials instead (scripts' way).
+    _, page, jar = https("GET", "/accounts/login/", {})
+    form = {"csrfmiddlewaretoken": re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1),
+            "username": os.environ["KILN_USER"], "password": os.environ["KILN_PASS"]}
+    status, _, new = https("POST", "/accounts/login/", {"Content-Type": "application/x-www-form-urlencoded",
+                           "Cookie": f"csrftoken={jar['csrftoken']}", "Origin": "https://localhost",
+                           "Referer": "https://localhost/accounts/login/"}, urllib.parse.urlencode(form))
+    jar.update(new)
+    if status != 302 or "sessionid" not in jar:
+        raise SystemExit(f"login through /accounts/login/ failed: {status}, cookies {sorted(jar)}")
+    A = (H + f"Cookie: sessionid={jar['sessionid']}; csrftoken={jar['csrftoken']}\r\n"
+         + f"X-CSRFToken: {jar['csrftoken']}\r\nOrigin: https://localhost\r\n")
+    BASIC = H + "Authorization: " + os.environ["KILN_AUTH"] + "\r\n"
     def post_json(path, body, headers=A):
         return (f"POST {path} HTTP/1.1\r\n" + headers + "Content-Type: application/json\r\n"
                 + f"Content-Length: {len(body.encode())}\r\n\r\n" + body)
@@ -67,6 +90,7 @@ BATTERY = textwrap.dedent(r"""
         "deeply nested JSON": "POST /api/records/ HTTP/1.1\r\n" + H
             + f"Content-Type: application/json\r\nContent-Length: {len(nest)}\r\n\r\n{nest}",
         "user: invalid JSON": post_json("/api/records/", "{{{{{"),
+        "user (HTTP Basic): invalid JSON": post_json("/api/records/", "{{{{{", BASIC),
         "user: deeply nested JSON": post_json("/api/records/", nest),
         "user: JSON of the wrong types": post_json("/api/records/", '{"title": {"a": [1]}, "body": 7}'),
         "user: JSON null": post_json("/api/records/", "null"),
@@ -88,13 +112,10 @@ BATTERY = textwrap.dedent(r"""
         "Expect 100 huge": "POST /api/records/ HTTP/1.1\r\n" + H
             + "Expect: 100-continue\r\nContent-Length: 99999999999\r\n\r\n",
     }
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
     seen = {}
     for name, raw in cases.items():
         try:
-            # (the "user:" cases make the app check a password: kilnlib.PASSWORD_CHECK_TIMEOUT)
+            # (the HTTP Basic case makes the app check a password: kilnlib.PASSWORD_CHECK_TIMEOUT)
             with socket.create_connection(("127.0.0.1", 443), timeout=90) as raw_sock:
                 with ctx.wrap_socket(raw_sock, server_hostname="localhost") as s:
                     s.sendall(raw.encode("latin-1"))
@@ -119,15 +140,17 @@ def test_hostile_requests_get_4xx_never_5xx(host):
     lines_before = int(out(host, f"wc -l <{WEB_LOG}"))
     with app_user(host) as user:
         auth = "Basic " + base64.b64encode(f"{user.username}:{user.password}".encode()).decode()
-        res = sh(host, f"KILN_AUTH={shlex.quote(auth)} python3 - <<'KILN_PY'\n{BATTERY}\nKILN_PY", timeout=600)
+        creds = f"KILN_AUTH={shlex.quote(auth)} KILN_USER={user.username} KILN_PASS={shlex.quote(user.password)}"
+        res = sh(host, f"{creds} python3 - <<'KILN_PY'\n{BATTERY}\nKILN_PY", timeout=600)
     seen = json.loads(res.stdout.strip().splitlines()[-1])
     table = "\n".join(f"  {status:>28}  {name}" for name, status in seen.items())
     print(f"{len(seen)} hostile requests:\n{table}")
     server_errors = {n: s for n, s in seen.items() if s.startswith("5")}
     assert not server_errors, f"5xx answers:\n{table}"
     assert seen.get("huge record id", "").startswith("4"), table
-    # the credentials worked: a user's bodies reached the parser (400 naming the problem), not the login (401)
+    # the credentials worked: a user's bodies reached the parser (400 naming the problem), not the login (401/403)
     assert seen.get("user: invalid JSON") == "400", table
+    assert seen.get("user (HTTP Basic): invalid JSON") == "400", table
     # still serving, and no request made the app log a traceback
     wait_http_ok(host, "/readyz", timeout=30)
     new_log = out(host, f"tail -n +{lines_before + 1} {WEB_LOG}")

@@ -9,9 +9,6 @@
 #   KILN_NSPAWN_INSTALL=booted   run the first install.sh in the booted container (like Packer/Vagrant) instead of
 #                                offline (default: offline, i.e. no systemd running, services start at first boot)
 #   KILN_NSPAWN_QUICK=1      skip the reboot and cleanup/fresh-boot phases
-#   KILN_NSPAWN_READY_MAX=3  seconds from container start to the first GET of the app's health path (the contract's
-#                            `health`: /readyz for the reference app) answered 200, allowed for the fresh instance
-#                            after cleanup.sh (the image's first boot: baked schema, no migrate)
 #   KILN_NSPAWN_SECOND_APP=0 skip the second app
 # Every boot prints its boot -> first health 200 time and, for the app's boots, the critical chain of the units on
 # that path, `systemd-analyze` and the top of `blame`.
@@ -510,9 +507,9 @@ if [ "${KILN_NSPAWN_QUICK:-0}" != 1 ]; then
     "cx journalctl -b -u kiln-firstboot -u kiln-firstboot-db --no-pager -o cat | grep -q 'migrations: skipped: release $VERSION' && ! cx journalctl -b -u kiln-firstboot -u kiln-firstboot-db --no-pager -o cat | grep -qE 'running migrations|Apply all migrations'"
   check "fresh instance: the app user works with its new password (records API over HTTPS)" test "$(http_code https://127.0.0.1/records/)" = 200
   workers_after_web "fresh instance"
-  max=${KILN_NSPAWN_READY_MAX:-3}
-  check "fresh instance: boot -> first $KILN_APP_HEALTH 200 in ${FRESH_SECS:-none}s <= ${max}s" \
-    awk -v s="${FRESH_SECS:-999}" -v m="$max" 'BEGIN { exit !(s <= m) }'
+  # A figure, not a gate (tests time nothing; in CI this tier runs beside the image build): `make bench` judges the
+  # same fresh first boot against its 3 s target on a quiet host.
+  check "fresh instance: boot -> first $KILN_APP_HEALTH 200 (${FRESH_SECS:-none}s)" test -n "$FRESH_SECS"
 fi
 
 REF_HEALTH=$KILN_APP_HEALTH

@@ -76,9 +76,8 @@ def test_no_saturated_cell_judges_every_target_plainly():
     assert all(t["met"] in (True, False) and t["bound"] is None for t in s["targets"]), s["targets"]
 
 
-def test_the_table_marks_a_client_bound_cell_and_its_target():
-    s = measured({"kiln/static/c16"})
-    meta = {
+def meta(boot_ready_s: float = 1.0) -> dict:
+    return {
         "commit": "abc",
         "tier": "nspawn",
         "machine": {"nproc": 2, "cpu_model": "test"},
@@ -87,13 +86,25 @@ def test_the_table_marks_a_client_bound_cell_and_its_target():
         "mode": "quick",
         "seconds_per_cell": 1,
         "repetitions": 2,
-        "boot_ready_s": 1.0,
+        "boot_ready_s": boot_ready_s,
         "run_s": 1.0,
     }
-    text = bench.table({"meta": meta, **s})
+
+
+def test_the_table_marks_a_client_bound_cell_and_its_target():
+    s = measured({"kiln/static/c16"})
+    text = bench.table({"meta": meta(), **s})
     row = next(
         line for line in text.splitlines() if line.startswith("Kiln") and "static, nginx" in line and " 16 " in line
     )
     assert ">= " in row and row.endswith("client-bound"), row
     assert "in: Kiln static, nginx c16" in text, text
     assert ">=" in next(line for line in text.splitlines() if "static: Kiln / DigitalOcean, c16" in line)
+
+
+def test_the_table_judges_the_first_boot_against_its_goal():
+    s = measured(set())
+    slow = next(line for line in bench.table({"meta": meta(4.2), **s}).splitlines() if "first boot" in line)
+    fast = next(line for line in bench.table({"meta": meta(1.4), **s}).splitlines() if "first boot" in line)
+    assert "4.2 s (MISSED: issue 9's goal <= 3.0 s)" in slow, slow
+    assert "1.4 s (met: issue 9's goal <= 3.0 s)" in fast, fast

@@ -140,7 +140,7 @@ mkdir -p "$r/etc/cloud/cloud.cfg.d"
 # product UUID, strict_id). A disk comes first: where a provider offers both, it needs no network. None of the
 # others is probed on a machine it does not match (ds-identify writes only the found ones to /run/cloud-init/
 # cloud.cfg); on a machine that matches none, cloud-init stays off. DigitalOcean's own datasource is deprecated
-# (23.2) for ConfigDrive. tests/image/metadata-check.sh boots the image as a Hetzner server and runs ds-identify
+# (23.2) for ConfigDrive. tests/image/boot-check.sh boots the image as a Hetzner server and runs ds-identify
 # on each provider's values.
 cat >"$r/etc/cloud/cloud.cfg.d/90-kiln-base.cfg" <<'EOF'
 # Kiln base disk: the providers' datasources; ds-identify (cloud-init's generator) keeps those it detects.

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Boot check of the built VPS image with plain QEMU, the way a cloud would start it: a copy-on-write overlay (the
-# image is never modified), a NoCloud seed ISO carrying a fresh SSH key, user networking with random free host
-# ports forwarded to 22/80/443. One VM at a time; every VM is killed on exit.
-#   1. instance A: boot -> first GET /readyz 200 through nginx on :80 (timed), admin login page over HTTPS (:443,
-#      self-signed), read its identity over SSH (seed key, sudo)
-#   2. instance B from the same image: the same, and it must differ from A in SECRET_KEY, database password, SSH host
-#      keys (fingerprints) and /etc/machine-id
+# Boot check of the built VPS image with plain QEMU, the way two clouds would start it: a copy-on-write overlay (the
+# image is never modified), user networking with random free host ports forwarded to 22/80/443. One VM at a time;
+# every VM is killed on exit.
+#   1. instance A is a Hetzner Cloud server: no seed disk, Hetzner's SMBIOS and its metadata API over HTTP serving the
+#      SSH key, hostname, network and user-data (tests/image/hetzner.sh, which lists what it checks); boot -> first
+#      GET /readyz 200 through nginx on :80 (timed), admin login page over HTTPS (:443, self-signed), read its
+#      identity over SSH (as debian, the key the metadata served)
+#   2. instance B from the same image with a NoCloud seed ISO (Proxmox's way, and most clouds' fallback) carrying a
+#      fresh SSH key for a user of its own: the same, and it must differ from A in SECRET_KEY, database password, SSH
+#      host keys (fingerprints) and /etc/machine-id
 #   3. instance B is a 1 GB VPS (B_MEM), the most common size: kiln-firstboot sized it from its memory (web workers,
 #      InnoDB buffer pool, a swap file), and a bounded load loop over HTTPS (pages from the database, the cache, static
 #      files, the login form) gets no error and makes no OOM kill; then `kiln deploy` of a changed copy of its app
@@ -14,7 +17,7 @@
 # The serial console is watched: a kernel panic is reported as such and that boot is retried once; a boot whose
 # console stops growing before systemd runs (e.g. stuck at "Loading Linux ...") fails after KERNEL_STALL seconds
 # ("no kernel progress after N s: stuck at <last line>") instead of waiting until BOOT_TIMEOUT. The boot and that
-# watch are tests/image/vm-boot.sh, shared with tests/image/metadata-check.sh.
+# watch are tests/image/vm-boot.sh.
 # Each instance prints what lies on the path to its first /readyz 200: `systemd-analyze critical-chain` of the
 # units on it, `systemd-analyze` (total) and the top of `blame`, and how kiln-firstboot handled the migrations (the
 # image's baked schema must make it skip them).
@@ -33,6 +36,9 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 # vm_image, boot_vm, boot_retry, stop_vm, free_port
 # shellcheck source=tests/image/vm-boot.sh
 . "$repo/tests/image/vm-boot.sh"
+# hetzner_setup, boot_hetzner, hetzner_check, hetzner_diagnose (instance a)
+# shellcheck source=tests/image/hetzner.sh
+. "$repo/tests/image/hetzner.sh"
 vm_image boot-check "$@"
 "$repo/tools/apt-ensure.sh" qemu-system-x86 qemu-utils genisoimage openssh-client curl python3
 ACCEL=$("$repo/packer/scripts/kvm-probe.sh")
@@ -53,7 +59,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say() { printf '[boot-check %s] %s\n' "$(date -u +%T)" "$*"; }
-fail() { printf '[boot-check] FAIL: %s\n' "$*" >&2; exit 1; }
+CURRENT=""   # the instance being checked
+fail() {
+  printf '[boot-check] FAIL: %s\n' "$*" >&2
+  if [ -n "$CURRENT" ] && [ "$CURRENT" = "$HETZNER_NAME" ]; then hetzner_diagnose; fi
+  exit 1
+}
 
 ssh-keygen -q -t ed25519 -N '' -C kiln-boot-check -f "$work/key"
 SSH_OPTS=(-i "$work/key" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
@@ -81,7 +92,8 @@ boot() { # boot NAME: a VM with a NoCloud seed of its own, until /readyz 200 (vm
   boot_vm "$1" "" "" -drive "file=$work/$1-seed.iso,media=cdrom,if=ide,readonly=on"
 }
 
-vssh() { ssh "${SSH_OPTS[@]}" -p "$P22" kilncheck@127.0.0.1 "$@"; }
+LOGIN=""   # the instance's login user: debian (a, cloud-init's default user), kilncheck (b, its seed's user)
+vssh() { ssh "${SSH_OPTS[@]}" -p "$P22" "$LOGIN@127.0.0.1" "$@"; }
 # section FILE NAME: the "== NAME" part of FILE (inspect's one SSH read, split)
 section() { awk -v s="== $2" '$0 == s {on=1; next} /^== / {on=0} on' "$1"; }
 
@@ -108,7 +120,7 @@ inspect() { # inspect NAME: HTTPS admin login page, identity over SSH -> $work/N
     echo "env-secret-key-sha256 $(sed -n "s/^SECRET_KEY=//p" /etc/kiln/kiln.env | tr -d "\n" | sha256sum | cut -c1-16)"
     echo "== hygiene"
     for u in vagrant kilnbuild; do getent passwd $u >/dev/null && echo "user $u exists"; done
-    # cloud-init (disable_root) gives root the seed keys behind a command= that only says "log in as kilncheck".
+    # cloud-init (disable_root) gives root the keys behind a command= that only says "log in as <the user>".
     [ -e /root/.ssh/authorized_keys ] && grep -v "^no-port-forwarding.*command=" /root/.ssh/authorized_keys | grep -q . \
       && echo "/root/.ssh/authorized_keys holds a usable key"
     ls /usr/local/share/ca-certificates | grep -q . && echo "build CA certificates left: $(ls /usr/local/share/ca-certificates)"
@@ -214,7 +226,11 @@ small_vps() { # small_vps NAME: sized from its memory; a load loop, then a deplo
 
 say "image $IMAGE ($(du -h "$IMAGE" | cut -f1)), accelerator $ACCEL"
 start=$(date +%s)
-boot_retry a boot; A_SECS=$BOOT_SECS; inspect a; stop_vm # a throw-away overlay: no need to wait for a clean poweroff
+hetzner_setup a
+CURRENT=a LOGIN=debian
+boot_retry a boot_hetzner; A_SECS=$BOOT_SECS; hetzner_check a; inspect a
+stop_vm # a throw-away overlay: no need to wait for a clean poweroff
+CURRENT=b LOGIN=kilncheck
 MEM=${B_MEM:-1024} boot_retry b boot; B_SECS=$BOOT_SECS; inspect b; small_vps b
 
 same=()
@@ -225,7 +241,7 @@ done
 if [ -n "$(comm -12 "$work/a.hostkeys" "$work/b.hostkeys")" ]; then same+=("ssh-host-keys"); fi
 [ ${#same[@]} -eq 0 ] || fail "instances a and b share: ${same[*]}"
 say "instances a and b differ in machine-id, SECRET_KEY, database password and SSH host keys"
-say "PASS: boot -> first /readyz 200: a ${A_SECS}s, b ${B_SECS}s (${B_MEM:-1024} MB) (accel $ACCEL); total $(( $(date +%s) - start ))s"
+say "PASS: boot -> first $HEALTH 200: a ${A_SECS}s (Hetzner), b ${B_SECS}s (NoCloud, ${B_MEM:-1024} MB) (accel $ACCEL); total $(( $(date +%s) - start ))s"
 
 # Hand instance b to a background Lynis audit: the production image itself, audited while the infra suites run on
 # the Vagrant VM (the audit is one emulated core of fork/exec work for 20-30 min). On 2 host cores b and the Vagrant

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hetzner Cloud's metadata API, served to a QEMU guest for tests/image/metadata-check.sh.
+"""Hetzner Cloud's metadata API, served to a QEMU guest for tests/image/boot-check.sh (hetzner.sh).
 
     metadata_server.py write DIR --instance-id ID --hostname NAME --mac MAC --public-key FILE --user-data FILE
         writes DIR/metadata.json (the document below) and DIR/userdata

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sourced by boot-check.sh and metadata-check.sh: boot the built image once under QEMU, the way a cloud would start
+# Sourced by boot-check.sh: boot the built image once under QEMU, the way a cloud would start
 # it (a copy-on-write overlay: the image is never modified; user networking with random free loopback ports forwarded
 # to 22/80/443), and wait for its first GET of the baked app's health path (/readyz for the reference app) answered
 # 200 through nginx.

@@ -11,7 +11,7 @@ Targets:
   * any host: pytest tests/infra --hosts=ssh://admin@203.0.113.7 [--ssh-config=FILE] --sudo
     (tests that need Vagrant itself - `vagrant provision` in test_idempotence - are skipped then).
 
-Order: state, http, security basics, hardening, jobs, idempotence, then the Lynis test (it collects the audit started
+Order: state, http, security basics, hardening, jobs, idempotence, bad input, then the Lynis test (it collects the audit started
 in the background when the target came up, so it overlaps every suite that leaves services running; a provision that
 changes nothing restarts nothing), backup (a restore stops the app), restart, reboot (disruptive last: a reboot would
 end the audit, a kill could show it a service down), then logs (every log file the suites before made is rotated by
@@ -55,6 +55,8 @@ ORDER = [
     "test_hardening",
     "test_jobs",
     "test_idempotence",
+    # requests only, every service left up: more of the background audit overlaps suites instead of being waited for
+    "test_bad_input",
     "test_hardening::test_lynis_hardening_index_meets_target",
     # after the audit: a restore stops the app's programs for a while
     "test_backup",

@@ -11,11 +11,11 @@ Targets:
   * any host: pytest tests/infra --hosts=ssh://admin@203.0.113.7 [--ssh-config=FILE] --sudo
     (tests that need Vagrant itself - `vagrant provision` in test_idempotence - are skipped then).
 
-Order: state, http, security basics, hardening, jobs, idempotence, bad input, then the Lynis test (it collects the audit started
-in the background when the target came up, so it overlaps every suite that leaves services running; a provision that
-changes nothing restarts nothing), backup (a restore stops the app), restart, reboot (disruptive last: a reboot would
-end the audit, a kill could show it a service down), then logs (every log file the suites before made is rotated by
-something).
+Order: state, http, security basics, hardening, jobs, idempotence, bad input, then the Lynis test (it collects the audit
+started in the background when the target came up, so it overlaps every suite that leaves services running; a provision
+that changes nothing restarts nothing), backup (a restore stops the app), restart, reboot (disruptive last: a reboot
+would end the audit, a kill could show it a service down), then logs (every log file the suites before made is rotated
+by something).
 With KILN_LYNIS_BG=DIR the audit is not of this target: the boot check started it on its instance b of
 the production image (tests/image/boot-check.sh), beside the suites here except those that time things (b is held
 while they run: HOLD_LYNIS_VM_FOR), and the Lynis test collects it last.

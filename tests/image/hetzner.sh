@@ -32,11 +32,10 @@
 HETZNER_HOST=kiln-metadata-check
 HETZNER_MAC=96:00:00:4b:1e:01
 HETZNER_NAME=""
-md_server() { echo "$repo/tests/image/metadata_server.py"; }
+HETZNER_SERVER=$repo/tests/image/metadata_server.py
 
 hetzner_setup() { # hetzner_setup NAME: Hetzner's metadata for instance NAME (the serial must be the instance id)
-  local md=$work/metadata server
-  server=$(md_server)
+  local md=$work/metadata server=$HETZNER_SERVER
   HETZNER_NAME=$1
   HETZNER_IID=$(( $(date +%s) % 90000000 + 10000000 ))
   cat >"$work/user-data" <<'EOF'
@@ -72,8 +71,7 @@ boot_watch() {
 
 boot_hetzner() { # boot_hetzner NAME: as a Hetzner server, metadata at 169.254.169.254 (the server runs once per guest connection)
   local net="net=169.254.169.0/24,host=169.254.169.2,dns=169.254.169.3,dhcpstart=169.254.169.15,restrict=on"
-  local server md=$work/metadata
-  server=$(md_server)
+  local server=$HETZNER_SERVER md=$work/metadata
   boot_vm "$1" "$net,guestfwd=tcp:169.254.169.254:80-cmd:python3 -I ${server//,/,,} serve ${md//,/,,}" \
     "mac=$HETZNER_MAC" -smbios "type=1,manufacturer=Hetzner,product=vServer,serial=$HETZNER_IID"
 }

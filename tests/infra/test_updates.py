@@ -97,9 +97,10 @@ def test_a_pending_reboot_is_shown_at_login_and_by_the_status_check(host):
         sh(host, "rm -f /run/reboot-required /run/reboot-required.pkgs")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def overrides(host):
-    """The operator's overrides as they were; restored (and the first-boot config re-applied) afterwards."""
+    """The operator's overrides as they were; restored (and the first-boot config re-applied) after the module's last
+    test that changed them: one reconfigure, a restart of the stack (~35-55 s under TCG), for all of them."""
     saved = out(host, f"cat {OVERRIDES} 2>/dev/null || true")
     had = host.file(OVERRIDES).exists
     yield

@@ -11,9 +11,8 @@
 #      host keys (fingerprints) and /etc/machine-id
 #   3. instance B is a 1 GB VPS (B_MEM), the most common size: kiln-firstboot sized it from its memory (web workers,
 #      InnoDB buffer pool, a swap file), and a bounded load loop over HTTPS (pages from the database, the cache, static
-#      files, the login form) gets no error and makes no OOM kill; then `kiln deploy` of a changed copy of its app
-#      with batches of that loop running through it (the new release's gunicorn starts beside the old one: a deploy's
-#      memory peak): no error, no OOM kill, the new release's file served, every program RUNNING
+#      files, the login form) gets no error and makes no OOM kill, every program RUNNING. A deploy's memory peak on
+#      this size is proven by the infra suites, which make test runs on a VM of the same memory (SMALL_VPS_MB).
 # The serial console is watched: a kernel panic is reported as such and that boot is retried once; a boot whose
 # console stops growing before systemd runs (e.g. stuck at "Loading Linux ...") fails after KERNEL_STALL seconds
 # ("no kernel progress after N s: stuck at <last line>") instead of waiting until BOOT_TIMEOUT. The boot and that
@@ -26,7 +25,7 @@
 # Usage: tests/image/boot-check.sh [IMAGE.qcow2]
 # Env: DISTRO [debian-13]; IMAGE [newest build/<distro>/kiln-<distro>-*.qcow2]; ACCEL kvm|tcg [probe];
 #      BOOT_TIMEOUT [900] seconds per boot until /readyz 200; KERNEL_STALL [60] seconds without new console output
-#      before systemd runs; SMP [2]; MEM [2048] (instance a); B_MEM [1024] (instance b); LOAD_REQUESTS [3000] of the
+#      before systemd runs; SMP [2]; MEM [2048] (instance a); B_MEM [1024] (instance b); LOAD_REQUESTS [400] of the
 #      load loop on b; KEEP_LOGS=1 keeps the work dir;
 #      KILN_LYNIS_BG=DIR (make test): once the check passed, instance b stays up and is audited by
 #      tests/hardening/lynis-bg.sh in DIR, beside the infra suites, which hold b (DIR/vm-ctl) while a suite that times
@@ -169,8 +168,8 @@ load_loop() { # load_loop COUNT: COUNT HTTPS requests, 8 at a time, over the pag
 }
 not_2xx_3xx() { awk '{for (i = 2; i <= NF; i += 2) if ($i !~ /^[23]/) print $(i-1) " x " $i}' <<<"$1"; }
 
-small_vps() { # small_vps NAME: sized from its memory; a load loop, then a deploy under load: no OOM kill, no 5xx
-  local n=$1 sizing codes bad t0 token deploy_pid batches=0 served
+small_vps() { # small_vps NAME: sized from its memory; a load loop: no OOM kill, no 5xx
+  local n=$1 sizing codes bad t0
   sizing=$(grep -o 'kiln-firstboot: sizing: .*' "$work/$n.profile" || true)
   [ -n "$sizing" ] || fail "$n: kiln-firstboot logged no sizing"
   # The rule (kiln-firstboot) for a 1 GB VPS with 2 vCPUs: 4 web workers (one per 256 MB), a 128 MB buffer pool, 1 GB
@@ -179,34 +178,14 @@ small_vps() { # small_vps NAME: sized from its memory; a load loop, then a deplo
     *": 1024 MB, 2 CPU(s): 4 web workers, InnoDB buffer pool 128 MB, swap 1024 MB") ;;
     *) fail "$n: sized as \"$sizing\", expected 4 web workers, a 128 MB buffer pool and 1024 MB of swap for 1 GB" ;;
   esac
+  # A bounded load loop over HTTPS on it. The deploy's memory peak on this size (a second gunicorn beside the first,
+  # under load) is the infra suites' to prove: make test runs them on a VM of this memory (SMALL_VPS_MB;
+  # tests/infra/test_release.py, test_memory.py).
   t0=$(date +%s)
-  codes=$(load_loop "${LOAD_REQUESTS:-3000}")
-  say "$n: load loop of ${LOAD_REQUESTS:-3000} requests in $(( $(date +%s) - t0 ))s: $codes (count code)"
+  codes=$(load_loop "${LOAD_REQUESTS:-400}")
+  say "$n: load loop of ${LOAD_REQUESTS:-400} requests in $(( $(date +%s) - t0 ))s: $codes (count code)"
   bad=$(not_2xx_3xx "$codes")
   [ -z "$bad" ] || fail "$n: the load loop got answers other than 2xx/3xx: $bad"
-
-  # A deploy on it, as an operator makes one (`kiln deploy DIR`: a copy of the running app with one more static file),
-  # while batches of the load loop run through it: the new release's gunicorn starts beside the old one, the memory
-  # peak of a deploy on the smallest server. Bounded: at most DEPLOY_BATCHES batches of 400 requests.
-  token=boot-check-$$-$RANDOM
-  vssh "sudo sh -euc 'rm -rf /var/tmp/app-v2; cp -a /srv/kiln/current/app /var/tmp/app-v2
-    mkdir -p /var/tmp/app-v2/records/static; echo $token >/var/tmp/app-v2/records/static/boot-check.txt'" \
-    || fail "$n: copying the app for the deploy failed"
-  t0=$(date +%s)
-  vssh 'sudo kiln deploy /var/tmp/app-v2' >"$work/$n.deploy" 2>&1 &
-  deploy_pid=$!
-  codes=""
-  while kill -0 "$deploy_pid" 2>/dev/null && [ "$batches" -lt "${DEPLOY_BATCHES:-40}" ]; do
-    codes+=" $(load_loop 400)"; batches=$((batches + 1))
-  done
-  wait "$deploy_pid" || { sed 's/^/    /' "$work/$n.deploy"; fail "$n: kiln deploy failed (above)"; }
-  codes=$(tr ' ' '\n' <<<"$codes" | grep . | paste - - | awk '{c[$2] += $1} END {for (k in c) print c[k], k}' | xargs)
-  say "$n: kiln deploy in $(( $(date +%s) - t0 ))s, $batches load batches of 400 through it: $codes (count code)"
-  tail -n 3 "$work/$n.deploy" | sed 's/^/    /'
-  bad=$(not_2xx_3xx "$codes")
-  [ -z "$bad" ] || fail "$n: requests during the deploy got answers other than 2xx/3xx: $bad"
-  served=$(curl -sk -m 20 "https://127.0.0.1:$P443/static/boot-check.txt" || true)
-  [ "$served" = "$token" ] || fail "$n: after the deploy /static/boot-check.txt is \"$served\", not the new release's $token"
 
   # shellcheck disable=SC2016  # expanded in the guest
   vssh 'sudo sh -c '\''
@@ -219,9 +198,9 @@ small_vps() { # small_vps NAME: sized from its memory; a load loop, then a deplo
   # supervisorctl status exits 3 when a program is not running: the lines are judged here. kiln-web-next is a
   # deploy's program: at rest (STOPPED) between deploys.
   if section "$work/$n.load" supervisor | grep -v RUNNING | grep -v '^kiln-web-next .*STOPPED' | grep -q .; then
-    fail "$n: a program is not RUNNING after the load loop and the deploy"
+    fail "$n: a program is not RUNNING after the load loop"
   fi
-  say "$n: a 1 GB VPS: ${sizing#kiln-firstboot: sizing: }; a deploy under load; no OOM kill, every answer 2xx/3xx"
+  say "$n: a 1 GB VPS: ${sizing#kiln-firstboot: sizing: }; under load no OOM kill, every answer 2xx/3xx"
 }
 
 say "image $IMAGE ($(du -h "$IMAGE" | cut -f1)), accelerator $ACCEL"

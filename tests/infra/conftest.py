@@ -15,7 +15,7 @@ Order: state, http, security basics, hardening, jobs, idempotence, bad input, th
 started in the background when the target came up, so it overlaps every suite that leaves services running; a provision
 that changes nothing restarts nothing), backup (a restore stops the app), restart, reboot (disruptive last: a reboot
 would end the audit, a kill could show it a service down), then logs (every log file the suites before made is rotated
-by something).
+by something); test_memory after every suite (it reads the kernel's log for OOM kills).
 With KILN_LYNIS_BG=DIR the audit is not of this target: the boot check started it on its instance b of
 the production image (tests/image/boot-check.sh), beside the suites here except those that time things (b is held
 while they run: HOLD_LYNIS_VM_FOR), and the Lynis test collects it last.
@@ -133,6 +133,8 @@ def pytest_collection_modifyitems(config, items):
         if LYNIS_BG_DIR and item.originalname == LYNIS_TEST:
             return len(ORDER) + 1  # another VM's audit: it can wait until every suite here is done
         mod = item.module.__name__.rsplit(".", 1)[-1]
+        if mod == "test_memory":
+            return len(ORDER) + 2  # it reads what every other suite did to memory
         for name in (f"{mod}::{item.originalname}", mod):
             if name in ORDER:
                 return ORDER.index(name)

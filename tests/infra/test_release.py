@@ -182,8 +182,9 @@ def web_master(host) -> tuple[int, str]:
 
 
 def deploy(host, *args: str) -> tuple[int, str, float]:
+    """`kiln ARGS` (deploy, rollback): the operator's command, which hands over to kiln-release."""
     t0 = time.monotonic()
-    res = sh(host, f"kiln-release {' '.join(map(shlex.quote, args))}", ok=None, timeout=900)
+    res = sh(host, f"kiln {' '.join(map(shlex.quote, args))}", ok=None, timeout=900)
     return res.rc, res.stdout + res.stderr, time.monotonic() - t0
 
 

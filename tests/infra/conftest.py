@@ -429,9 +429,9 @@ def _kiln_lynis_early(request, _kiln_target):
 def restart_timeout(host) -> float:
     """Seconds a killed service may take to serve again: 10, doubled when the target is emulated (TCG).
 
-    Under TCG one gunicorn worker needs ~8 s of emulated CPU to import Django (the first one imports alone:
-    gunicorn.conf.py): 13-17 s from kill -9 to the first 200 on our slower machine, where KVM or real hardware takes
-    1-2 s. systemd-detect-virt tells them apart ("qemu" = emulation, "kvm" = hardware virtualisation).
+    Under TCG gunicorn's master needs ~6-8 s of emulated CPU to import Django (once: --preload, gunicorn.conf.py):
+    13-17 s from kill -9 to the first 200 on our slower machine, where KVM or real hardware takes 1-2 s.
+    systemd-detect-virt tells them apart ("qemu" = emulation, "kvm" = hardware virtualisation).
     """
     if "KILN_RESTART_TIMEOUT" in os.environ:
         return float(os.environ["KILN_RESTART_TIMEOUT"])

@@ -1,26 +1,23 @@
 """Gunicorn server hooks for kiln-web (/usr/local/bin/kiln-gunicorn passes this file with --config).
 
-Workers import the app after they fork (no --preload: a HUP must load a deploy's new code). Started together,
-2*CPU+1 workers import Django side by side and share the CPUs, so every one of them becomes ready late: after a
-crash or a reboot the first request waited until the imports of all of them were nearly done (kill -9 of the master
--> 200 again: 34 s with 5 workers on 2 emulated vCPUs, measured; one import alone takes 8 s there).
+kiln-gunicorn runs gunicorn with --preload: the master imports the app once and its workers are forks of it. Without
+it every worker imported Django itself: under TCG ~6 s of CPU each, so a start of 4 workers cost ~31-44 s of guest
+CPU and a start with --preload ~9-11 s (kiln-web restart on a 1 GB, 2-vCPU VM, measured), and the workers share the
+loaded code (PSS ~13 MB each). A deploy starts a new master anyway (kiln-release: no HUP is ever used), so
+--preload's one limit, a HUP that cannot load new code, does not apply.
 
-So a worker takes an import slot before it imports the app and gives it back once the app is loaded. Until one
-worker of this master serves, there is one slot: the first import runs alone, with a CPU to itself (kill -> 200:
-13 s, same machine). From then on there is one slot per CPU (the rest of the workers; a HUP's new workers, while
-the old ones keep serving). A worker that dies holding a slot frees it (the kernel drops its flock). Waiting workers
-keep their heartbeat, so gunicorn's --timeout never kills them for waiting, and exit at once when the master stops.
-The marker "a worker of this master serves" is also what /usr/local/bin/kiln-rqworker waits for before it starts rq,
-and kiln-release's deploy runs two masters for a moment (kiln-web and kiln-web-next): each keeps its own marker.
+The master must not hand a connection opened while importing (an app that queries the database in its urls or
+AppConfig.ready()) to every worker: they would share one socket. So the master closes Django's database connections
+before each fork; Redis clients (redis-py) notice the fork themselves and reconnect.
+
+The marker "a worker of this master serves" is what /usr/local/bin/kiln-rqworker waits for before it starts rq, and
+kiln-release's deploy runs two masters for a moment (kiln-web and kiln-web-next): each keeps its own marker.
 """
 
 import contextlib
-import fcntl
 import glob
 import os
-import signal
 import sys
-import time
 
 
 def _serving_marker(worker) -> tuple[str, str]:
@@ -39,44 +36,18 @@ def _alive(pid: str) -> bool:
     return True
 
 
-def post_fork(server, worker):
-    # Until init_process() installs the worker's own handlers, this child still has the master's, which would
-    # swallow the master's TERM/QUIT/INT (a stop or a HUP while workers wait here hung for --graceful-timeout, 30 s):
-    # a waiting worker has nothing to finish and exits at once; one signalled after taking its slot stops as soon as
-    # its app is loaded (post_worker_init).
-    worker._kiln_stop = []
-    for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: worker._kiln_stop.append(signum))
-    run_dir, serving = _serving_marker(worker)
-    while True:
-        if worker._kiln_stop:
-            sys.exit(0)
-        slots = max(1, len(os.sched_getaffinity(0))) if os.path.exists(serving) else 1
-        for i in range(slots):
-            fd = os.open(os.path.join(run_dir, f"gunicorn-import-slot.{i}"), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            worker._kiln_import_slot = fd
-            return
-        worker.tmp.notify()
-        time.sleep(0.1)
+def pre_fork(server, worker):
+    db = sys.modules.get("django.db")
+    if db is not None:
+        db.connections.close_all()
 
 
 def post_worker_init(worker):
-    if getattr(worker, "_kiln_stop", None):
-        worker.alive = False  # signalled between taking its slot and installing its handlers
-    fd = getattr(worker, "_kiln_import_slot", None)
-    if fd is None:
-        return
     run_dir, serving = _serving_marker(worker)
-    if not os.path.exists(serving):
-        for old in glob.glob(os.path.join(run_dir, "gunicorn-serving.*")):
-            if not _alive(old.rsplit(".", 1)[-1]):  # of masters gone before this one (kiln-web-next's runs beside)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(old)
-        os.close(os.open(serving, os.O_WRONLY | os.O_CREAT, 0o600))
-    os.close(fd)
-    worker._kiln_import_slot = None
+    if os.path.exists(serving):
+        return
+    for old in glob.glob(os.path.join(run_dir, "gunicorn-serving.*")):
+        if not _alive(old.rsplit(".", 1)[-1]):  # of masters gone before this one (kiln-web-next's runs beside)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(old)
+    os.close(os.open(serving, os.O_WRONLY | os.O_CREAT, 0o600))

@@ -1,0 +1,110 @@
+"""kiln-web's gunicorn: the app imported once, by the master (--preload), its workers forks of it; a database
+connection the import opened is not inherited by the workers; the "a worker serves" marker that kiln-rqworker waits
+for. A real gunicorn with Kiln's hooks (provision/files/usr/local/lib/kiln/gunicorn.conf.py) serves a small Django app
+on a unix socket. The same start on the server: tests/infra/test_restart.py."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOKS = ROOT / "provision" / "files" / "usr" / "local" / "lib" / "kiln" / "gunicorn.conf.py"
+GUNICORN = ROOT / "provision" / "files" / "usr" / "local" / "bin" / "kiln-gunicorn"
+
+# An app that queries its database while it is imported (in its urls or AppConfig.ready(), as apps do).
+APP = """
+import json, os
+import django
+from django.conf import settings
+settings.configure(DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["T_DB"]}})
+django.setup()
+from django.db import connection
+with open(os.environ["T_IMPORTS"], "a") as f:
+    f.write(f"{os.getpid()}\\n")
+with connection.cursor() as c:
+    c.execute("select 1")
+
+def app(environ, start_response):
+    body = json.dumps({"pid": os.getpid(), "inherited_connection": connection.connection is not None}).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+"""
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str):
+        super().__init__("localhost", timeout=10)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(self.path)
+
+
+def get(sock: Path) -> dict:
+    conn = UnixHTTPConnection(str(sock))
+    try:
+        conn.request("GET", "/", headers={"Connection": "close"})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        return json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_kiln_gunicorn_preloads_the_app_with_kilns_hooks():
+    text = GUNICORN.read_text()
+    assert re.search(r"--config /usr/local/lib/kiln/gunicorn\.conf\.py --preload \\", text), (
+        "kiln-gunicorn does not start gunicorn with Kiln's hooks and --preload"
+    )
+
+
+def test_workers_are_forks_of_a_master_that_imported_the_app_once(tmp_path):
+    (tmp_path / "preloadapp.py").write_text(APP)
+    run = tmp_path / "run"
+    run.mkdir()
+    env = dict(os.environ, T_DB=str(tmp_path / "db.sqlite3"), T_IMPORTS=str(tmp_path / "imports"))
+    sock = run / "gunicorn.sock"
+    workers = 3
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "preloadapp:app", "--config", str(HOOKS), "--preload",
+         "--chdir", str(tmp_path), "--bind", f"unix:{sock}", "--pid", str(run / "gunicorn.pid"),
+         "--control-socket", str(run / "gunicorn.ctl"), "--workers", str(workers)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        marker = run / f"gunicorn-serving.{proc.pid}"
+        deadline = time.monotonic() + 60
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), f"no serving marker {marker.name} (gunicorn rc={proc.poll()})"
+        seen = {}
+        for _ in range(60):  # bounded: enough requests to reach every worker, usually
+            r = get(sock)
+            seen[r["pid"]] = r["inherited_connection"]
+            if len(seen) == workers:
+                break
+        imports = (tmp_path / "imports").read_text().split()
+        print(f"master {proc.pid}; app imported by {imports}; workers seen {seen}")
+        assert imports == [str(proc.pid)], f"the app was imported by {imports}, not once by the master {proc.pid}"
+        assert proc.pid not in seen and seen, f"workers {seen}"
+        inherited = [pid for pid, yes in seen.items() if yes]
+        assert not inherited, f"workers {inherited} inherited the master's open database connection"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        print(out[-3000:])

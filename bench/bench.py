@@ -49,7 +49,11 @@ BOOT_READY_GOAL_S = 3.0
 
 TARGETS = {
     "db": ("DB page", "/records/{pk}/", "a record's page, read from MariaDB at every request"),
-    "cached": ("cached page", "/records/", "the records list, its data from the Django cache (Redis)"),
+    "cached": (
+        "cached page",
+        "/records/",
+        "the records list: public for 5 s (the app's Cache-Control), answered from nginx's page cache",
+    ),
     "nodb": ("Django, no DB", "/healthz", "Django's middleware and a JSON response, no database"),
     "static": ("static, nginx", f"/static/{STATIC}", "a CSS file of the release, served by nginx"),
     "static-django": ("static, Django", f"/bench-static/{STATIC}", "the same file through Django (KILN_BENCH_STATIC)"),
@@ -262,13 +266,25 @@ class Bench:
             lines = [line.strip() for line in head.splitlines() if line.strip()]
             headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
             status = lines[0].split()[1] if lines else "none"
-            shown = ("content-encoding", "cache-control", "expires", "content-type")
+            shown = ("content-encoding", "cache-control", "expires", "content-type", "x-cache-status")
             self.checks.append(
                 {"config": config, "block": block, "target": target, "status": status}
                 | {k: headers.get(k) for k in shown}
             )
             if status != "200":
                 raise GateError(f"{CONFIGS[config]}: GET {self.path(target)} answered {status}, not 200")
+            if config == "kiln" and target == "cached":  # a 2nd GET must come from nginx's page cache
+                again = self.box.run("curl", "-sk", "--http1.1", "-D", "-", "-o", "/dev/null", "--max-time", "10", url)
+                said = [
+                    v.strip()
+                    for k, _, v in (ln.partition(":") for ln in again.splitlines())
+                    if k.strip().lower() == "x-cache-status"
+                ]
+                if said != ["HIT"]:
+                    raise GateError(
+                        f"Kiln: a 2nd GET {self.path(target)} was not answered from nginx's page cache "
+                        f"(X-Cache-Status: {said})"
+                    )
 
     # ------------------------------------------------------------------ HTTP
     def http(self) -> None:
@@ -416,6 +432,46 @@ class Bench:
         return rows
 
 
+def image_side(manifest: str) -> dict | None:
+    """The image's side of the figures, measured where they happen: the build stages its manifest recorded
+    (packer/scripts/build.sh) and the TCG boots of its boot check (tests/image/boot-check.sh writes NAME.boot.json)."""
+    if not manifest:
+        return None
+    m = json.loads(Path(manifest).read_text())
+    boot = Path(manifest.removesuffix(".manifest.json") + ".boot.json")
+    return {
+        "name": m["name"],
+        "commit": m.get("git_commit", "")[:7],
+        "accelerator": m.get("accelerator"),
+        "build_seconds": m.get("build_seconds"),
+        "stage_seconds": m.get("stage_seconds", {}),
+        "boot": json.loads(boot.read_text()) if boot.exists() else None,
+    }
+
+
+def image_lines(image: dict | None) -> list[str]:
+    if image is None:
+        return ["image: none built in this checkout (make image, make image-check): no build stages, no TCG boot"]
+    stages = ", ".join(f"{k} {v}" for k, v in image["stage_seconds"].items() if not k.startswith("packer: "))
+    packer = ", ".join(
+        f"{k.removeprefix('packer: ')} {v}" for k, v in image["stage_seconds"].items() if k.startswith("packer: ")
+    )
+    lines = [
+        f"image {image['name']} (commit {image['commit']}, accel {image['accelerator']}): built in "
+        f"{image['build_seconds']} s; stages (s): {stages}; packer's: {packer}",
+    ]
+    boot = image["boot"]
+    if boot is None:
+        lines.append("  its boot check has not run here (make image-check): no TCG boot figures")
+    else:
+        ready = ", ".join(f"{k} {v:.1f} s" for k, v in boot["ready_s"].items())
+        analyze = "; ".join(f"{k}: {v}" for k, v in boot["systemd_analyze"].items() if v)
+        lines.append(
+            f"  its boot check ({boot['accel']}, {boot['date']}): boot -> first /readyz 200: {ready}; {analyze}"
+        )
+    return lines
+
+
 def fmt(s: dict, digits: int = 0) -> str:
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
@@ -430,6 +486,7 @@ def table(result: dict) -> str:
         f"{meta['seconds_per_cell']} s per cell; medians (min-max) of {meta['repetitions']} interleaved repetitions",
         f"first boot of the instance -> /readyz 200: {meta['boot_ready_s']} s ({boot_verdict}: issue 9's goal "
         f"<= {BOOT_READY_GOAL_S} s); the run took {meta['run_s']:.0f} s",
+        *image_lines(meta.get("image")),
         "",
         f"{'configuration':<21} {'target':<15} {'conn':>4}  {'req/s':>22}  {'p50 ms':>18}  {'p99 ms':>18}  "
         f"{'server CPU ms/req':>20}  {'B/resp':>7}  {'wrk demand':>10}",
@@ -472,6 +529,7 @@ def main() -> int:
     for name in ("leader", "cgroup", "server-cpu", "client-cpu", "commit", "tier", "boot-ready", "out"):
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--manifest", default="", help="an image's manifest: its build stages (and boot check) shown")
     args = parser.parse_args()
     bench = Bench(args)
     result: dict = {
@@ -490,6 +548,7 @@ def main() -> int:
             "accept_encoding": ACCEPT_ENCODING,
             "targets": {k: {"label": v[0], "path": v[1], "what": v[2]} for k, v in TARGETS.items()},
             "client_max": CLIENT_MAX,
+            "image": image_side(args.manifest),
         }
     }
     out = Path(args.out)

@@ -121,6 +121,11 @@ if [ "$QUICK" = 1 ]; then out+=-quick; say "measure (quick)"; else say "measure 
 args=(--leader "$NSPAWN_LEADER" --cgroup "$(nspawn_cgroup_dir)" --server-cpu "$SERVER_CPU" --client-cpu "$CLIENT_CPU"
   --commit "$COMMIT" --tier "$TIER" --boot-ready "$ready" --out "$out.json")
 if [ "$QUICK" = 1 ]; then args+=(--quick); fi
+# The image side (build stages, TCG boots): the newest image's manifest and its boot check's figures, when this
+# checkout built one (make image, make image-check); the table names that image and its commit.
+manifest=$(find "$REPO/build/${DISTRO:-debian-13}" -maxdepth 1 -name 'kiln-*.manifest.json' -printf '%T@ %p\n' 2>/dev/null \
+  | sort -n | tail -1 | cut -d' ' -f2-)
+if [ -n "$manifest" ]; then args+=(--manifest "$manifest"); fi
 rc=0
 "$HOSTPY" "$REPO/bench/bench.py" "${args[@]}" || rc=$?
 if [ "${BENCH_KEEP:-0}" = 1 ]; then

@@ -282,3 +282,6 @@ if SENTRY_DSN:
 
 RECORDS_PAGE_SIZE = 20
 RECORDS_LIST_CACHE_TTL = 300
+# Seconds a shared cache may serve the list to visitors without an account (records/views.py): a new record shows
+# there within this long; a logged-in user and the API always see it at once.
+RECORDS_LIST_PUBLIC_MAX_AGE = 5

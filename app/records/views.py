@@ -1,7 +1,9 @@
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_http_methods, require_safe
 
 from records import listcache
@@ -13,7 +15,15 @@ from records.models import Record
 @require_safe
 def record_list(request: HttpRequest) -> HttpResponse:
     page = listcache.get_page(request.GET.get("page"))
-    return render(request, "records/list.html", {"page": page})
+    response = render(request, "records/list.html", {"page": page})
+    # The list is the same for every visitor without an account: public for a few seconds, so a shared cache (Kiln's
+    # nginx: its snippets/kiln-page-cache.conf) answers the crowd and the app renders it once per lifetime. A logged-in
+    # user's page names the user: private.
+    if request.user.is_authenticated:
+        patch_cache_control(response, private=True)
+    else:
+        patch_cache_control(response, public=True, max_age=settings.RECORDS_LIST_PUBLIC_MAX_AGE)
+    return response
 
 
 @require_safe

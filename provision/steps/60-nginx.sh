@@ -7,7 +7,8 @@ set -euo pipefail
 apt_install "${PKG_WEB[@]}"
 reload=0
 for f in etc/nginx/conf.d/kiln.conf etc/nginx/snippets/kiln-headers.conf etc/nginx/snippets/kiln-headers-https.conf \
-         etc/nginx/snippets/kiln-tls.conf etc/nginx/snippets/kiln-proxy.conf etc/nginx/snippets/kiln-maintenance.conf \
+         etc/nginx/snippets/kiln-tls.conf etc/nginx/snippets/kiln-proxy.conf etc/nginx/snippets/kiln-page-cache.conf \
+         etc/nginx/snippets/kiln-maintenance.conf \
          etc/nginx/sites-available/kiln; do
   put "$f" && reload=1
 done

@@ -36,6 +36,19 @@ def test_list_page_is_paginated(client, settings):
     assert client.get("/records/?page=3").status_code == 404
 
 
+def test_list_page_is_public_for_a_few_seconds_to_visitors_without_an_account(client, settings):
+    response = client.get("/records/")
+    directives = {d.strip() for d in response["Cache-Control"].split(",")}
+    assert directives == {"public", f"max-age={settings.RECORDS_LIST_PUBLIC_MAX_AGE}"}, response["Cache-Control"]
+    assert not response.cookies, f"a public page sets cookies: {response.cookies}"
+
+
+def test_list_page_of_a_logged_in_user_is_private(user_client):
+    response = user_client.get("/records/")
+    directives = {d.strip() for d in response["Cache-Control"].split(",")}
+    assert "private" in directives and "public" not in directives, response["Cache-Control"]
+
+
 def test_create_form_renders(user_client):
     response = user_client.get("/records/new/")
     assert response.status_code == 200

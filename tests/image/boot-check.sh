@@ -221,6 +221,19 @@ if [ -n "$(comm -12 "$work/a.hostkeys" "$work/b.hostkeys")" ]; then same+=("ssh-
 [ ${#same[@]} -eq 0 ] || fail "instances a and b share: ${same[*]}"
 say "instances a and b differ in machine-id, SECRET_KEY, database password and SSH host keys"
 say "PASS: boot -> first $HEALTH 200: a ${A_SECS}s (Hetzner), b ${B_SECS}s (NoCloud, ${B_MEM:-1024} MB) (accel $ACCEL); total $(( $(date +%s) - start ))s"
+# Beside the image, for make bench's table (its build stages come from the manifest): these boots' figures.
+python3 - "${IMAGE%.qcow2}.boot.json" "$ACCEL" "$A_SECS" "$B_SECS" "${MEM:-2048}" "${B_MEM:-1024}" \
+  "$work/a.profile" "$work/b.profile" <<'PY'
+import json, re, sys, time
+out, accel, a, b, a_mem, b_mem, *profiles = sys.argv[1:]
+def startup(path):  # systemd-analyze's "Startup finished in ..." line, as the instance printed it
+    m = re.search(r"Startup finished in (.*)", open(path, errors="replace").read())
+    return m.group(1).strip() if m else None
+json.dump({"accel": accel, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "ready_s": {f"a (Hetzner, {a_mem} MB)": float(a), f"b (NoCloud, {b_mem} MB)": float(b)},
+           "systemd_analyze": {"a": startup(profiles[0]), "b": startup(profiles[1])}},
+          open(out, "w"), indent=1)
+PY
 
 # Hand instance b to a background Lynis audit: the production image itself, audited while the infra suites run on
 # the Vagrant VM (the audit is one emulated core of fork/exec work for 20-30 min). On 2 host cores b and the Vagrant

@@ -348,6 +348,17 @@ check "gzip on for CSS" bash -c "curl -sk -H 'Accept-Encoding: gzip' -D - -o /de
 gz=$(cx stat -c %s /srv/kiln/current/static/admin/css/base.css.gz 2>/dev/null || echo none)
 check "CSS sent as kiln-release's precompressed copy (gzip_static: Content-Length $gz, the size of base.css.gz)" bash -c \
   "curl -sk --http1.1 -H 'Accept-Encoding: gzip' -D - -o /dev/null https://127.0.0.1/static/admin/css/base.css | tr -d '\r' | grep -qix 'content-length: $gz'"
+# nginx's page cache (snippets/kiln-page-cache.conf): what the app marks public (the records list, 5 s) is served by
+# nginx from the second request on; a request with a cookie or credentials always reaches the app; a page the app
+# did not mark public (here /healthz) is never stored. A query of its own: a key no earlier request filled.
+cache_status() { curl -sk -D - -o /dev/null --max-time 10 "$@" | tr -d '\r' | sed -n 's/^x-cache-status: *//Ip'; }
+q=nspawn-$RANDOM$RANDOM
+seen="$(cache_status "https://127.0.0.1/records/?$q") $(cache_status "https://127.0.0.1/records/?$q")"
+check "page cache: the public records list from nginx on the 2nd GET (X-Cache-Status: $seen)" test "$seen" = "MISS HIT"
+seen="$(cache_status -H 'Cookie: sessionid=x' "https://127.0.0.1/records/?$q") $(cache_status -u a:b "https://127.0.0.1/records/?$q")"
+check "page cache: bypassed with a cookie, with credentials (X-Cache-Status: $seen)" test "$seen" = "BYPASS BYPASS"
+seen="$(cache_status "https://127.0.0.1/healthz?$q") $(cache_status "https://127.0.0.1/healthz?$q")"
+check "page cache: a page not marked public is never stored (X-Cache-Status: $seen)" test "$seen" = "MISS MISS"
 check "upload over 10m -> 413 from nginx" test "$(head -c 11000000 /dev/zero | curl -sk -o /dev/null -w '%{http_code}' -X POST --data-binary @- https://127.0.0.1/api/records/)" = 413
 check "anonymous POST /api/records/ -> 401 (writes need a user)" test "$(curl -sk -o /dev/null -w '%{http_code}' \
   -X POST -H 'Content-Type: application/json' -d '{"title": "anonymous", "body": "x"}' https://127.0.0.1/api/records/)" = 401
@@ -370,7 +381,8 @@ else
   bad "POST /api/exports/ returned no job id: ${job:0:200}"
 fi
 cx supervisorctl stop kiln-web >/dev/null
-check "app down -> nginx's own 502 page" bash -c "[ \$(curl -sk -o $WORK/502.html -w '%{http_code}' https://127.0.0.1/records/) = 502 ] && grep -q kiln-50x $WORK/502.html"
+# (a query of its own: the list nginx keeps for a few seconds would be served from its cache)
+check "app down -> nginx's own 502 page" bash -c "[ \$(curl -sk -o $WORK/502.html -w '%{http_code}' 'https://127.0.0.1/records/?down-$RANDOM') = 502 ] && grep -q kiln-50x $WORK/502.html"
 cx supervisorctl start kiln-web >/dev/null
 wait_for 30 "app back after start" health_200
 app_probes "reference app"

@@ -4,6 +4,7 @@ paced by the load generator (wrk's core saturated) is a lower bound, and a targe
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -108,3 +109,31 @@ def test_the_table_judges_the_first_boot_against_its_goal():
     fast = next(line for line in bench.table({"meta": meta(1.4), **s}).splitlines() if "first boot" in line)
     assert "4.2 s (MISSED: issue 9's goal <= 3.0 s)" in slow, slow
     assert "1.4 s (met: issue 9's goal <= 3.0 s)" in fast, fast
+
+
+def test_the_table_shows_the_images_build_stages_and_its_boot_checks_boots(tmp_path):
+    name = "kiln-debian-13-app-1.0.0-2026.12.06.0600"
+    manifest = {
+        "name": name,
+        "git_commit": "42422b3aaaa",
+        "accelerator": "tcg",
+        "build_seconds": 549,
+        "stage_seconds": {"base-disk": 143, "packer: boot to ssh": 47, "packer": 359},
+    }
+    (tmp_path / f"{name}.manifest.json").write_text(json.dumps(manifest))
+    s = measured(set())
+    image = bench.image_side(str(tmp_path / f"{name}.manifest.json"))
+    text = bench.table({"meta": meta() | {"image": image}, **s})
+    assert f"image {name} (commit 42422b3, accel tcg): built in 549 s" in text, text
+    assert "base-disk 143, packer 359; packer's: boot to ssh 47" in text, text
+    assert "its boot check has not run here" in text, text
+    (tmp_path / f"{name}.boot.json").write_text(
+        '{"accel": "tcg", "date": "2026-12-06T09:00:00Z", "ready_s": {"a (Hetzner, 2048 MB)": 80.7,'
+        ' "b (NoCloud, 1024 MB)": 71.9}, "systemd_analyze": {"a": "9.3s (kernel) + 1min 5.3s (userspace)", "b": null}}'
+    )
+    image = bench.image_side(str(tmp_path / f"{name}.manifest.json"))
+    text = bench.table({"meta": meta() | {"image": image}, **s})
+    assert "boot -> first /readyz 200: a (Hetzner, 2048 MB) 80.7 s, b (NoCloud, 1024 MB) 71.9 s" in text, text
+    assert "a: 9.3s (kernel) + 1min 5.3s (userspace)" in text, text
+    none = bench.table({"meta": meta() | {"image": None}, **s})
+    assert "image: none built in this checkout" in none, none

@@ -28,8 +28,10 @@ svc_enable kiln-supervisor-kick.service || true
 
 # CPU at boot: on 1-2 vCPUs everything that starts at boot competes for the CPU, and each unit has the same weight.
 # The boot-only units on the path to the first served request get a larger one: cloud-init's single process (every
-# unit waits for its network stage) and both first-boot stages; the boot-only work beside that path a smaller one:
-# SSH host-key generation. Once cloud-init's network stage is done, kiln-web-ready.service gives supervisor (the app's
+# unit waits for its network stage) and both first-boot stages. SSH host-key generation (beside that path) keeps the
+# default weight: ~2 s of CPU under TCG, but at weight 10 it got so little of it while the app started that sshd
+# answered 15-30 s after the app's first 200 (boot check, Vagrant's `up`); at 100 it ends before the app, which
+# loses at most ~1 s. Once cloud-init's network stage is done, kiln-web-ready.service gives supervisor (the app's
 # start) a large weight and cloud-init (its later stages are not on that path) the idle one, until the app answers.
 # Long-running services keep the default weight (systemd 257 does not drop a StartupCPUWeight= once the boot
 # finished, so the web's share at run time would change): no unit is starved, each only yields while others need
@@ -50,7 +52,7 @@ EOF2
   done
 }
 boot_cpu_weight 1000 cloud-init-main kiln-firstboot kiln-firstboot-db
-boot_cpu_weight 10 sshd-keygen
+boot_cpu_weight 100 sshd-keygen
 
 put usr/local/lib/kiln/kiln-web-ready 0755 || true
 if put etc/systemd/system/kiln-web-ready.service; then need_restart daemon-reload; fi

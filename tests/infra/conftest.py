@@ -429,7 +429,7 @@ def _kiln_lynis_early(request, _kiln_target):
 def restart_timeout(host) -> float:
     """Seconds a killed service may take to serve again: 10, doubled when the target is emulated (TCG).
 
-    Under TCG gunicorn's master needs ~6-8 s of emulated CPU to import Django (once: --preload, gunicorn.conf.py):
+    Under TCG gunicorn's master needs ~6-8 s of emulated CPU to import Django (once, for all workers: gunicorn.conf.py):
     13-17 s from kill -9 to the first 200 on our slower machine, where KVM or real hardware takes 1-2 s.
     systemd-detect-virt tells them apart ("qemu" = emulation, "kvm" = hardware virtualisation).
     """

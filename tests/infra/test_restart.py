@@ -119,8 +119,8 @@ def unmanaged_app_processes(host, supervisord: int) -> list[str]:
 
 
 def test_stop_while_workers_boot_does_not_wait_out_the_graceful_timeout(host):
-    """A stop right after a start (the master still importing the app, --preload) ends at once, not after gunicorn's
-    --graceful-timeout and a SIGKILL."""
+    """A stop right after a start (the master still importing the app: gunicorn.conf.py) ends once the import is done
+    and the idle workers exit, not after gunicorn's --graceful-timeout and a SIGKILL."""
     # the one value (provision/lib/common.sh, which kiln-gunicorn renders into its --graceful-timeout)
     graceful = int(out(host, "bash -c '. /usr/local/lib/kiln/lib/common.sh && echo $KILN_WEB_GRACEFUL_TIMEOUT'"))
     sh(host, "supervisorctl restart kiln-web", timeout=120)

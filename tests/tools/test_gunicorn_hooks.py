@@ -1,7 +1,8 @@
-"""kiln-web's gunicorn: the app imported once, by the master (--preload), its workers forks of it; a database
-connection the import opened is not inherited by the workers; the "a worker serves" marker that kiln-rqworker waits
-for. A real gunicorn with Kiln's hooks (provision/files/usr/local/lib/kiln/gunicorn.conf.py) serves a small Django app
-on a unix socket. The same start on the server: tests/infra/test_restart.py."""
+"""kiln-web's gunicorn: the app imported once, by the master, after it bound its socket (a request meanwhile waits
+and is answered, never refused), its workers forks of it; a database connection the import opened is not inherited by
+the workers; the "a worker serves" marker that kiln-rqworker waits for. A real gunicorn with Kiln's hooks
+(provision/files/usr/local/lib/kiln/gunicorn.conf.py) serves a small Django app on a unix socket. The same start on
+the server: tests/infra/test_restart.py."""
 
 from __future__ import annotations
 
@@ -22,14 +23,16 @@ GUNICORN = ROOT / "provision" / "files" / "usr" / "local" / "bin" / "kiln-gunico
 
 # An app that queries its database while it is imported (in its urls or AppConfig.ready(), as apps do).
 APP = """
-import json, os
+import json, os, time
+bound_before_import = os.path.exists(os.environ["T_SOCK"])
+time.sleep(float(os.environ["T_IMPORT_S"]))  # a slow import: a request meanwhile must wait for it
 import django
 from django.conf import settings
 settings.configure(DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["T_DB"]}})
 django.setup()
 from django.db import connection
 with open(os.environ["T_IMPORTS"], "a") as f:
-    f.write(f"{os.getpid()}\\n")
+    f.write(f"{os.getpid()} {'bound' if bound_before_import else 'unbound'}\\n")
 with connection.cursor() as c:
     c.execute("select 1")
 
@@ -62,27 +65,35 @@ def get(sock: Path) -> dict:
         conn.close()
 
 
-def test_kiln_gunicorn_preloads_the_app_with_kilns_hooks():
+def test_kiln_gunicorn_starts_gunicorn_with_kilns_hooks_and_not_its_preload():
     text = GUNICORN.read_text()
-    assert re.search(r"--config /usr/local/lib/kiln/gunicorn\.conf\.py --preload \\", text), (
-        "kiln-gunicorn does not start gunicorn with Kiln's hooks and --preload"
+    assert re.search(r"--config /usr/local/lib/kiln/gunicorn\.conf\.py \\", text), (
+        "kiln-gunicorn does not start gunicorn with Kiln's hooks"
     )
+    assert not re.search(r"^\s*--preload", text, re.M), "--preload imports before the socket is bound (the hooks say)"
 
 
 def test_workers_are_forks_of_a_master_that_imported_the_app_once(tmp_path):
     (tmp_path / "preloadapp.py").write_text(APP)
     run = tmp_path / "run"
     run.mkdir()
-    env = dict(os.environ, T_DB=str(tmp_path / "db.sqlite3"), T_IMPORTS=str(tmp_path / "imports"))
     sock = run / "gunicorn.sock"
+    env = dict(os.environ, T_DB=str(tmp_path / "db.sqlite3"), T_IMPORTS=str(tmp_path / "imports"), T_SOCK=str(sock))
+    env["T_IMPORT_S"] = "2"
     workers = 3
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "preloadapp:app", "--config", str(HOOKS), "--preload",
+        [sys.executable, "-m", "gunicorn", "preloadapp:app", "--config", str(HOOKS),
          "--chdir", str(tmp_path), "--bind", f"unix:{sock}", "--pid", str(run / "gunicorn.pid"),
          "--control-socket", str(run / "gunicorn.ctl"), "--workers", str(workers)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        first = get(sock)  # sent while the master imports: waits in the socket's backlog
+        waited = time.monotonic() - t0
         marker = run / f"gunicorn-serving.{proc.pid}"
         deadline = time.monotonic() + 60
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -94,9 +105,12 @@ def test_workers_are_forks_of_a_master_that_imported_the_app_once(tmp_path):
             seen[r["pid"]] = r["inherited_connection"]
             if len(seen) == workers:
                 break
-        imports = (tmp_path / "imports").read_text().split()
-        print(f"master {proc.pid}; app imported by {imports}; workers seen {seen}")
-        assert imports == [str(proc.pid)], f"the app was imported by {imports}, not once by the master {proc.pid}"
+        imports = (tmp_path / "imports").read_text().splitlines()
+        print(f"master {proc.pid}; app imported by {imports}; a request during the import answered after "
+              f"{waited:.1f} s by {first['pid']}; workers seen {seen}")  # fmt: skip
+        assert imports == [f"{proc.pid} bound"], (
+            f"the app was imported by {imports}, not once by the master {proc.pid} after binding its socket"
+        )
         assert proc.pid not in seen and seen, f"workers {seen}"
         inherited = [pid for pid, yes in seen.items() if yes]
         assert not inherited, f"workers {inherited} inherited the master's open database connection"

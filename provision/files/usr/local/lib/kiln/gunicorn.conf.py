@@ -1,10 +1,13 @@
 """Gunicorn server hooks for kiln-web (/usr/local/bin/kiln-gunicorn passes this file with --config).
 
-kiln-gunicorn runs gunicorn with --preload: the master imports the app once and its workers are forks of it. Without
-it every worker imported Django itself: under TCG ~6 s of CPU each, so a start of 4 workers cost ~31-44 s of guest
-CPU and a start with --preload ~9-11 s (kiln-web restart on a 1 GB, 2-vCPU VM, measured), and the workers share the
-loaded code (PSS ~13 MB each). A deploy starts a new master anyway (kiln-release: no HUP is ever used), so
---preload's one limit, a HUP that cannot load new code, does not apply.
+The master imports the app once, and its workers are forks of it (when_ready below). Without that every worker
+imported Django itself: under TCG ~6 s of CPU each, so a start of 4 workers cost ~31-44 s of guest CPU and a start
+with one import ~9-11 s (a kiln-web restart on a 1 GB, 2-vCPU VM, measured), and the workers share the loaded code
+(PSS ~13 MB each). Not gunicorn's --preload: it imports before the master binds its socket, so for the whole import
+nginx would find no socket and answer 502; here the socket is bound first (gunicorn's start(), then when_ready), and
+requests that come meanwhile wait in its backlog, as they did while workers imported. A deploy starts a new master
+(kiln-release: no HUP is ever used), so the one limit of an app loaded by the master, a HUP that cannot load new
+code, does not apply.
 
 The master must not hand a connection opened while importing (an app that queries the database in its urls or
 AppConfig.ready()) to every worker: they would share one socket. So the master closes Django's database connections
@@ -34,6 +37,12 @@ def _alive(pid: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def when_ready(server):
+    # The master's sockets are bound and its signal handlers set (a TERM meanwhile is handled once the app is loaded);
+    # an app that does not import ends the master here, as a worker's failed import would.
+    server.app.wsgi()
 
 
 def pre_fork(server, worker):

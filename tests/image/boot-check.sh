@@ -20,6 +20,8 @@
 # Each instance prints what lies on the path to its first /readyz 200: `systemd-analyze critical-chain` of the
 # units on it, `systemd-analyze` (total) and the top of `blame`, and how kiln-firstboot handled the migrations (the
 # image's baked schema must make it skip them).
+# A passed check writes its figures beside the image (NAME.boot.json: each instance's boot -> first /readyz 200 and
+# systemd-analyze's total), which make bench's table shows with the image's build stages (its manifest).
 # The two instances boot one after the other: on 2 host cores, two TCG guests of 2 vCPUs each only share the same
 # cores (TCG is CPU-bound), and each boot's time would then measure the other guest too.
 # Usage: tests/image/boot-check.sh [IMAGE.qcow2]

@@ -73,6 +73,10 @@ test-provision: ## Fast tier without a VM: provision/ in a systemd-nspawn contai
 bench: ## How fast the nspawn tier's server serves, beside DigitalOcean's Django 1-Click config: a table, bench/results/<commit>-nspawn.{json,png} (BENCH_QUICK=1: the short run)
 	$(call stage,bench$(if $(filter 1,$(BENCH_QUICK)), (quick)),bench/run.sh)
 
+.PHONY: bench-vm
+bench-vm: ## The same bench inside a VM of the newest image (TCG: indicative, ratios only): bench/results/<image commit>-vm.{json,png}
+	$(call stage,bench in a VM$(if $(filter 1,$(BENCH_QUICK)), (quick)),BENCH_TIER=vm bench/run.sh)
+
 .PHONY: test-bench
 test-bench: ## BENCH_QUICK=1 make bench: the harness must not rot; fails on its validity gates only, never on a figure
 	$(call stage,quick bench,BENCH_QUICK=1 bench/run.sh)

@@ -34,7 +34,7 @@
 #      things runs, and whose Lynis test collects the audit; the audit's end stops the VM (DIR/on-done).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-# vm_image, boot_vm, boot_retry, stop_vm, free_port
+# vm_image, make_seed, boot_vm, boot_retry, stop_vm, free_port
 # shellcheck source=tests/image/vm-boot.sh
 . "$repo/tests/image/vm-boot.sh"
 # hetzner_setup, boot_hetzner, hetzner_check, hetzner_diagnose (instance a)
@@ -71,25 +71,8 @@ ssh-keygen -q -t ed25519 -N '' -C kiln-boot-check -f "$work/key"
 SSH_OPTS=(-i "$work/key" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
           -o LogLevel=ERROR -o ConnectTimeout=10 -o BatchMode=yes -o ServerAliveInterval=5 -o ServerAliveCountMax=6)
 
-make_seed() { # make_seed NAME -> $work/NAME-seed.iso
-  local n=$1 d="$work/$1-seed"
-  mkdir -p "$d"
-  cat >"$d/user-data" <<EOF
-#cloud-config
-users:
-  - name: kilncheck
-    shell: /bin/bash
-    lock_passwd: true
-    sudo: "ALL=(ALL) NOPASSWD:ALL"
-    ssh_authorized_keys:
-      - $(cat "$work/key.pub")
-EOF
-  printf 'instance-id: kiln-check-%s-%s\nlocal-hostname: kiln-check-%s\n' "$n" "$(date +%s%N)" "$n" >"$d/meta-data"
-  genisoimage -quiet -output "$work/$n-seed.iso" -volid cidata -joliet -rock "$d/user-data" "$d/meta-data"
-}
-
 boot() { # boot NAME: a VM with a NoCloud seed of its own, until /readyz 200 (vm-boot.sh)
-  make_seed "$1"
+  make_seed "$1" kilncheck
   boot_vm "$1" "" "" -drive "file=$work/$1-seed.iso,media=cdrom,if=ide,readonly=on"
 }
 

@@ -7,6 +7,8 @@
 #                  exits naming CHECK if there is none), DISTRO [debian-13], BOOT_TIMEOUT [900], KERNEL_STALL [60],
 #                  HEALTH (the contract's `health` in the image's manifest, IMAGE's name with .manifest.json; an
 #                  image without one: /readyz)
+#   make_seed NAME USER [CLOUD-CONFIG]  $work/NAME-seed.iso: a NoCloud seed (Proxmox's way, and most clouds' fallback)
+#                  that makes USER, with sudo and $work/key.pub as its SSH key; CLOUD-CONFIG: more top-level keys
 #   boot_vm NAME NETDEV NIC [QEMU-ARG...]  boots $work/NAME.qcow2 over IMAGE; NETDEV and NIC are extra options of the
 #                  user network and of its virtio NIC ("" for none). Sets vmpid P22 P80 P443 BOOT_SECS; returns 2 on
 #                  a kernel panic (the VM is stopped).
@@ -46,6 +48,24 @@ vm_work_done() {
   else
     rm -rf "$work"
   fi
+}
+
+make_seed() {
+  local n=$1 d="$work/$1-seed"
+  mkdir -p "$d"
+  cat >"$d/user-data" <<EOF
+#cloud-config
+users:
+  - name: $2
+    shell: /bin/bash
+    lock_passwd: true
+    sudo: "ALL=(ALL) NOPASSWD:ALL"
+    ssh_authorized_keys:
+      - $(cat "$work/key.pub")
+${3:-}
+EOF
+  printf 'instance-id: kiln-%s-%s\nlocal-hostname: kiln-%s\n' "$n" "$(date +%s%N)" "$n" >"$d/meta-data"
+  genisoimage -quiet -output "$work/$n-seed.iso" -volid cidata -joliet -rock "$d/user-data" "$d/meta-data"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("kiln_bench", ROOT / "bench" / "bench.py")
@@ -139,3 +143,16 @@ def test_the_table_shows_the_images_build_stages_and_its_boot_checks_boots(tmp_p
     assert "a: 9.3s (kernel) + 1min 5.3s (userspace)" in text, text
     none = bench.table({"meta": meta() | {"image": None}, **s})
     assert "image: none built in this checkout" in none, none
+
+
+@pytest.mark.parametrize("tier", ["VM", "qemu"])
+def test_bench_refuses_an_unknown_tier_by_name_before_touching_anything(tier, tmp_path):
+    # bench/run.sh as root (make bench's case): a misspelt BENCH_TIER stops before packages, caches or boots, naming
+    # the value and the two it takes.
+    if os.geteuid() != 0:
+        pytest.skip("bench/run.sh runs as root")
+    env = {"PATH": os.environ["PATH"], "BENCH_TIER": tier, "HOME": str(tmp_path)}
+    run = subprocess.run(["bash", str(ROOT / "bench" / "run.sh")], env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1, (run.returncode, run.stdout, run.stderr)
+    assert f"BENCH_TIER is nspawn or vm, not '{tier}'" in run.stderr, run.stderr
+    assert run.stdout == "", run.stdout

@@ -93,6 +93,10 @@ else
   done
   say "rootfs: ready"
 fi
+# CMD... in the rootfs without booting it, writes to a throw-away overlay, with this host's resolver (pip, apt).
+in_rootfs() {
+  systemd-nspawn -q -D "$ROOTFS" --volatile=overlay --register=no --keep-unit --resolv-conf=copy-host "$@" </dev/null
+}
 # The peer's packages (bench/peers/digitalocean/requirements.txt), installed with the rootfs's Python into a folder of
 # their own, mounted into the container at /opt/kiln-bench-peer/site: never into Kiln's venv. pip runs in the rootfs
 # (its writes there go to a throw-away overlay), with this host's CA bundle (an intercepting proxy re-signs HTTPS here).
@@ -100,11 +104,10 @@ PEER_SITE=$CACHE/peer-$( { basename "$ROOTFS"; cat "$REPO/bench/peers/digitaloce
 if [ ! -e "$PEER_SITE.ready" ]; then
   say "the peer's packages: pip install -r bench/peers/digitalocean/requirements.txt"
   rm -rf "$PEER_SITE"; mkdir -p "$PEER_SITE"
-  systemd-nspawn -q -D "$ROOTFS" --volatile=overlay --register=no --keep-unit --resolv-conf=copy-host \
-    --bind-ro=/etc/ssl/certs/ca-certificates.crt:/run/kiln-bench-ca.crt \
+  in_rootfs --bind-ro=/etc/ssl/certs/ca-certificates.crt:/run/kiln-bench-ca.crt \
     --bind-ro="$REPO/bench/peers:/run/kiln-bench-peers" --bind="$PEER_SITE:/opt/kiln-bench-peer/site" \
     /srv/kiln/current/venv/bin/pip install -q --disable-pip-version-check --cert /run/kiln-bench-ca.crt \
-    --target /opt/kiln-bench-peer/site -r /run/kiln-bench-peers/digitalocean/requirements.txt </dev/null \
+    --target /opt/kiln-bench-peer/site -r /run/kiln-bench-peers/digitalocean/requirements.txt \
     || die "pip install of the peer's requirements failed"
   touch "$PEER_SITE.ready"
 fi
@@ -147,9 +150,8 @@ wrk_debs() {
   [ ! -e "$WRK_DEBS.ready" ] || return 0
   say "wrk for the guest: apt-get download in the $KILN_ROOTFS_SUITE rootfs"
   rm -rf "$WRK_DEBS"; mkdir -p "$WRK_DEBS"
-  systemd-nspawn -q -D "$ROOTFS" --volatile=overlay --register=no --keep-unit --resolv-conf=copy-host \
-    --bind="$WRK_DEBS:/run/kiln-bench-debs" --chdir=/run/kiln-bench-debs \
-    sh -c 'apt-get update -qq && apt-get download -qq -o APT::Sandbox::User=root wrk libluajit-5.1-2 libluajit-5.1-common' </dev/null \
+  in_rootfs --bind="$WRK_DEBS:/run/kiln-bench-debs" --chdir=/run/kiln-bench-debs \
+    sh -c 'apt-get update -qq && apt-get download -qq -o APT::Sandbox::User=root wrk libluajit-5.1-2 libluajit-5.1-common' \
     || die "apt-get download of wrk in the rootfs failed"
   touch "$WRK_DEBS.ready"
 }
@@ -167,9 +169,7 @@ boot_vm_tier() {
   COMMIT=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["git_commit"][:7])' "$manifest")
   wrk_debs
   ACCEL=$("$REPO/packer/scripts/kvm-probe.sh")
-  ssh-keygen -q -t ed25519 -N '' -C kiln-bench -f "$work/key"
-  SSH_OPTS=(-i "$work/key" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
-            -o LogLevel=ERROR -o ConnectTimeout=10 -o BatchMode=yes -o ServerAliveInterval=5 -o ServerAliveCountMax=12)
+  vm_ssh_key kiln-bench 12  # bench.py runs minutes in one SSH command
   # The static files also through Django, as in the nspawn tier's rootfs: an operator's override at first boot.
   make_seed bench kilnbench "$(printf '%s\n' 'write_files:' '  - path: /etc/kiln/overrides.env' \
     '    permissions: "0600"' '    content: |' '      KILN_BENCH_STATIC=1')"

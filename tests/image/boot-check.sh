@@ -34,7 +34,7 @@
 #      things runs, and whose Lynis test collects the audit; the audit's end stops the VM (DIR/on-done).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-# vm_image, make_seed, boot_vm, boot_retry, stop_vm, free_port
+# vm_image, vm_ssh_key, make_seed, boot_vm, boot_retry, stop_vm, free_port
 # shellcheck source=tests/image/vm-boot.sh
 . "$repo/tests/image/vm-boot.sh"
 # hetzner_setup, boot_hetzner, hetzner_check, hetzner_diagnose (instance a)
@@ -67,9 +67,7 @@ fail() {
   exit 1
 }
 
-ssh-keygen -q -t ed25519 -N '' -C kiln-boot-check -f "$work/key"
-SSH_OPTS=(-i "$work/key" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
-          -o LogLevel=ERROR -o ConnectTimeout=10 -o BatchMode=yes -o ServerAliveInterval=5 -o ServerAliveCountMax=6)
+vm_ssh_key kiln-boot-check
 
 boot() { # boot NAME: a VM with a NoCloud seed of its own, until /readyz 200 (vm-boot.sh)
   make_seed "$1" kilncheck

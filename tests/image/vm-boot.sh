@@ -7,6 +7,8 @@
 #                  exits naming CHECK if there is none), DISTRO [debian-13], BOOT_TIMEOUT [900], KERNEL_STALL [60],
 #                  HEALTH (the contract's `health` in the image's manifest, IMAGE's name with .manifest.json; an
 #                  image without one: /readyz)
+#   vm_ssh_key COMMENT [ALIVE]  $work/key (a fresh ed25519 key) and SSH_OPTS to log in with it: no host key kept, batch
+#                  mode, a keepalive every 5 s, given up after ALIVE [6] unanswered
 #   make_seed NAME USER [CLOUD-CONFIG]  $work/NAME-seed.iso: a NoCloud seed (Proxmox's way, and most clouds' fallback)
 #                  that makes USER, with sudo and $work/key.pub as its SSH key; CLOUD-CONFIG: more top-level keys
 #   boot_vm NAME NETDEV NIC [QEMU-ARG...]  boots $work/NAME.qcow2 over IMAGE; NETDEV and NIC are extra options of the
@@ -48,6 +50,13 @@ vm_work_done() {
   else
     rm -rf "$work"
   fi
+}
+
+vm_ssh_key() {
+  ssh-keygen -q -t ed25519 -N '' -C "$1" -f "$work/key"
+  # shellcheck disable=SC2034  # the sourcing script's
+  SSH_OPTS=(-i "$work/key" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+            -o LogLevel=ERROR -o ConnectTimeout=10 -o BatchMode=yes -o ServerAliveInterval=5 -o ServerAliveCountMax="${2:-6}")
 }
 
 make_seed() {

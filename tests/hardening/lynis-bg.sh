@@ -8,7 +8,8 @@
 #        tests/hardening/lynis-bg.sh pause|resume DIR   hold the audited VM (DIR/vm-ctl stop|cont), e.g. while a
 #                                                 suite that times things runs beside it; no-op without DIR/vm-ctl
 # DIR: lynis-run.log (lynis.sh's output), rc (its exit code, written last), started (epoch s), runner.pid, audit.pid
-#   (lynis.sh, leader of its process group), paused (present while held), lynis.sh's -o files; written by the starter
+#   (lynis.sh, leader of its process group), paused (present while held), ending (the audit's end has begun: no
+#   more holds), lock, lynis.sh's -o files; written by the starter
 #   before `start`: on-done, an executable run once the audit has ended, however it ended (the boot check's stops the
 #   audited VM and deletes its overlay), and vm-ctl (`vm-ctl stop|cont`: halt or continue the audited VM's CPUs).
 # Env: LYNIS_TIMEOUT [2700] bound of one audit in seconds, time held by `pause` not counted: a guard against a hung
@@ -24,36 +25,34 @@ usage() { sed -n '5,9p' "$0" >&2; exit 2; }
 cmd=$1 dir=$2
 shift 2
 alive() { [ -s "$dir/runner.pid" ] && kill -0 "$(cat "$dir/runner.pid")" 2>/dev/null; }
+# `pause` and the audit's end take this lock: a hold that slipped in after the end continued the VM would hold it
+# for good.
+lock() { exec 9>"$dir/lock" && flock 9; }
+unlock() { exec 9>&-; }
+# The audit's end, whoever gets there first (the runner, or `stop` when the runner hung): the VM continued if held,
+# DIR/on-done, then rc. Exactly once: a second caller finds rc, or `ending` without rc while the first one still runs
+# on-done, which `stop` only interrupts after 40 s.
+finish() {
+  local rc=$1 log=$dir/lynis-run.log
+  lock
+  : >"$dir/ending"
+  if [ -e "$dir/paused" ] && [ -x "$dir/vm-ctl" ]; then
+    "$dir/vm-ctl" cont >/dev/null 2>&1 || echo "lynis-bg: vm-ctl cont failed" >>"$log"
+    rm -f "$dir/paused"
+  fi
+  unlock
+  if [ -x "$dir/on-done" ]; then "$dir/on-done" >>"$log" 2>&1 || echo "lynis-bg: on-done failed" >>"$log"; fi
+  echo "$rc" >"$dir/rc.tmp" && mv "$dir/rc.tmp" "$dir/rc"
+}
 
 case $cmd in
   start)
     mkdir -p "$dir"
     alive && { echo "lynis-bg: an audit is already running in $dir" >&2; exit 2; }
-    rm -f "$dir/rc" "$dir/lynis-run.log" "$dir/runner.pid" "$dir/audit.pid" "$dir/paused"
+    rm -f "$dir/rc" "$dir/lynis-run.log" "$dir/runner.pid" "$dir/audit.pid" "$dir/paused" "$dir/ending"
     date +%s >"$dir/started"
-    # The runner: its own session (a Ctrl-C or the end of the starting shell does not reach it); lynis.sh in a
-    # process group of its own (its ssh too), watched every second against the bound, then on-done, then rc.
-    # shellcheck disable=SC2016 # expanded by the runner
-    setsid bash -c '
-      dir=$1 bound=$2; shift 2
-      echo $$ >"$dir/runner.pid"
-      setsid "$@" >"$dir/lynis-run.log" 2>&1 </dev/null & audit=$!
-      echo $audit >"$dir/audit.pid"
-      used=0
-      while kill -0 $audit 2>/dev/null && [ $used -lt "$bound" ]; do
-        sleep 1; [ -e "$dir/paused" ] || used=$((used + 1))
-      done
-      if kill -0 $audit 2>/dev/null; then
-        echo "lynis-bg: the audit did not end within ${bound}s (held time not counted): stopped" >>"$dir/lynis-run.log"
-        kill -TERM -- -$audit 2>/dev/null
-        for _ in $(seq 1 30); do kill -0 $audit 2>/dev/null || break; sleep 1; done; kill -KILL -- -$audit 2>/dev/null
-      fi
-      rc=0; wait $audit || rc=$?
-      [ $used -lt "$bound" ] || rc=124
-      if [ -e "$dir/paused" ] && [ -x "$dir/vm-ctl" ]; then "$dir/vm-ctl" cont >/dev/null 2>&1; rm -f "$dir/paused"; fi
-      if [ -x "$dir/on-done" ]; then "$dir/on-done" >>"$dir/lynis-run.log" 2>&1 || echo "lynis-bg: on-done failed" >>"$dir/lynis-run.log"; fi
-      echo $rc >"$dir/rc.tmp" && mv "$dir/rc.tmp" "$dir/rc"
-    ' lynis-bg "$dir" "$LYNIS_TIMEOUT" "$HERE/lynis.sh" -o "$dir" "$@" </dev/null >/dev/null 2>&1 &
+    # The runner (`_run`, below): its own session, so a Ctrl-C or the end of the starting shell does not reach it.
+    setsid "$0" _run "$dir" "$LYNIS_TIMEOUT" "$HERE/lynis.sh" -o "$dir" "$@" </dev/null >/dev/null 2>&1 &
     for _ in $(seq 1 50); do [ -s "$dir/audit.pid" ] && break; sleep 0.1; done
     [ -s "$dir/audit.pid" ] || { echo "lynis-bg: the runner did not start" >&2; exit 2; }
     echo "lynis-bg: audit started (runner pid $(cat "$dir/runner.pid"), output $dir/lynis-run.log, bound ${LYNIS_TIMEOUT}s)"
@@ -81,20 +80,43 @@ case $cmd in
       for _ in $(seq 1 40); do [ -e "$dir/rc" ] && break; sleep 1; done
       if [ ! -e "$dir/rc" ]; then # the runner did not finish in 40 s: end both process groups, do its last steps
         kill -KILL -- "-$(cat "$dir/audit.pid")" "-$(cat "$dir/runner.pid")" 2>/dev/null || true
-        if [ -x "$dir/on-done" ]; then "$dir/on-done" >>"$dir/lynis-run.log" 2>&1 || true; fi
-        echo 143 >"$dir/rc"
+        echo "lynis-bg: the runner did not finish within 40 s of the stop: ended, its last steps done here" \
+          >>"$dir/lynis-run.log"
+        finish 143
       fi
       echo "lynis-bg: audit in $dir stopped"
     fi
     ;;
   pause | resume)
     [ -x "$dir/vm-ctl" ] || exit 0
+    lock
     if [ "$cmd" = pause ]; then
-      alive && [ ! -e "$dir/rc" ] || exit 0
+      alive && [ ! -e "$dir/ending" ] || exit 0
       [ -e "$dir/paused" ] || { "$dir/vm-ctl" stop && date +%s >"$dir/paused"; }
     elif [ -e "$dir/paused" ]; then
       "$dir/vm-ctl" cont && rm -f "$dir/paused"
     fi
+    ;;
+  _run) # the runner, started by `start`: lynis.sh in a process group of its own (its ssh too), its unheld time
+    # counted every second against the bound
+    bound=$1; shift
+    echo $$ >"$dir/runner.pid"
+    setsid "$@" >"$dir/lynis-run.log" 2>&1 </dev/null &
+    audit=$!
+    echo $audit >"$dir/audit.pid"
+    used=0
+    while kill -0 $audit 2>/dev/null && [ $used -lt "$bound" ]; do
+      sleep 1; [ -e "$dir/paused" ] || used=$((used + 1))
+    done
+    if kill -0 $audit 2>/dev/null; then
+      echo "lynis-bg: the audit did not end within ${bound}s (held time not counted): stopped" >>"$dir/lynis-run.log"
+      kill -TERM -- -$audit 2>/dev/null || true
+      for _ in $(seq 1 30); do kill -0 $audit 2>/dev/null || break; sleep 1; done
+      kill -KILL -- -$audit 2>/dev/null || true
+    fi
+    rc=0; wait $audit || rc=$?
+    [ $used -lt "$bound" ] || rc=124
+    finish $rc
     ;;
   *) usage ;;
 esac

@@ -78,10 +78,28 @@ def test_an_audit_ending_while_held_continues_the_vm_before_on_done(audit_dir):
     assert bg("pause", d, env).returncode == 0
     res = bg("stop", d, env)
     assert res.returncode == 0 and "stopped" in res.stdout, res.stdout + res.stderr
-    assert bg("wait", d, env).returncode == 143
-    assert calls.read_text().split() == ["stop", "cont", "on-done"]
+    waited = bg("wait", d, env)
+    assert waited.returncode == 143, waited.stdout + waited.stderr
+    assert calls.read_text().split() == ["stop", "cont", "on-done"], waited.stdout
     assert not (d / "paused").exists()
     assert no_sleeper_left(d)
+
+
+def test_a_hold_asked_for_while_the_audit_ends_is_not_taken(audit_dir):
+    """A hold that slipped in once the runner had continued the VM would leave it halted for good."""
+    d, calls, env = audit_dir
+    (d / "on-done").write_text(f"#!/bin/sh\necho on-done >>{calls}\nsleep 4\n")  # a slow on-done: the window
+    assert bg("start", d, env, "ssh:kilncheck@192.0.2.1").returncode == 0
+    stopper = subprocess.Popen([LYNIS_BG, "stop", d], env=env, stdout=subprocess.PIPE, text=True)
+    for _ in range(100):
+        if calls.exists() and "on-done" in calls.read_text():
+            break
+        time.sleep(0.1)
+    assert not (d / "rc").exists(), "on-done ended before the hold could be asked for: no window tested"
+    assert bg("pause", d, env).returncode == 0
+    assert "stopped" in stopper.communicate(timeout=60)[0]
+    assert calls.read_text().split() == ["on-done"], f"vm-ctl calls: {calls.read_text().split()}"
+    assert not (d / "paused").exists()
 
 
 def test_pause_is_a_no_op_without_vm_ctl(audit_dir):

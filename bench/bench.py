@@ -24,6 +24,7 @@ Speed is never a gate: the targets of issue 13 are reported as met, missed or un
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -131,26 +132,43 @@ class Box:
         unit += ["--"]
         return self.run(*unit, *cmd, timeout=timeout)
 
+    def processes(self) -> dict[str, str]:
+        """{pid: command} of the server's processes, read from /proc (processes gone meanwhile left out)."""
+        found: dict[str, str] = {}
+        for procs in self.cgroup.rglob("cgroup.procs"):
+            for pid in procs.read_text().split():
+                with contextlib.suppress(FileNotFoundError):
+                    found[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+        return found
+
     def cpus_allowed(self) -> dict[str, set[str]]:
         """{CPUs a process of the container may run on: its commands}, read from /proc."""
         allowed: dict[str, set[str]] = {}
-        for procs in self.cgroup.rglob("cgroup.procs"):
-            for pid in procs.read_text().split():
-                try:
-                    status = Path(f"/proc/{pid}/status").read_text()
-                    comm = Path(f"/proc/{pid}/comm").read_text().strip()
-                except FileNotFoundError:
-                    continue  # gone meanwhile
-                cpus = next(line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list:"))
-                allowed.setdefault(cpus, set()).add(comm)
+        for pid, comm in self.processes().items():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue  # gone meanwhile
+            cpus = next(line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list:"))
+            allowed.setdefault(cpus, set()).add(comm)
         return allowed
 
-    def cpu_usec(self) -> int:
-        for line in (self.cgroup / "cpu.stat").read_text().splitlines():
+    def cpu_usec(self, cgroup: Path | None = None) -> int:
+        cgroup = cgroup or self.cgroup
+        for line in (cgroup / "cpu.stat").read_text().splitlines():
             key, value = line.split()
             if key == "usage_usec":
                 return int(value)
-        raise RuntimeError(f"no usage_usec in {self.cgroup}/cpu.stat")
+        raise RuntimeError(f"no usage_usec in {cgroup}/cpu.stat")
+
+    def unit_usec(self) -> dict[str, int]:
+        """{unit: its CPU time} of the server's services and scopes (their cgroups under the server's)."""
+        found: dict[str, int] = {}
+        for stat in self.cgroup.rglob("cpu.stat"):
+            if stat.parent.name.endswith((".service", ".scope")):
+                with contextlib.suppress(FileNotFoundError):
+                    found[stat.parent.name] = self.cpu_usec(stat.parent)
+        return found
 
     def wrk(self, path: str, connections: int, seconds: int, paths: str = "") -> dict:
         """One wrk run; its report, the server's CPU time and the client's share of its core over it."""
@@ -159,7 +177,7 @@ class Box:
         cmd += ["-s", str(HERE / "wrk-report.lua"), BASE_URL + path]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "WRK_PATHS": paths}
         procs = self.client_cgroup / "cgroup.procs"
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        before, procs0, units0 = resource.getrusage(resource.RUSAGE_CHILDREN), self.processes(), self.unit_usec()
         core0, cpu0, t0 = core_times(self.client_cpu), self.cpu_usec(), time.monotonic()
         waits0 = stalled_usec(self.client_cgroup), stalled_usec(self.cgroup)
         result = subprocess.run(
@@ -173,7 +191,7 @@ class Box:
         )
         wall, cpu1, core1 = time.monotonic() - t0, self.cpu_usec(), core_times(self.client_cpu)
         waits1 = stalled_usec(self.client_cgroup), stalled_usec(self.cgroup)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        after, procs1, units1 = resource.getrusage(resource.RUSAGE_CHILDREN), self.processes(), self.unit_usec()
         lines = [line for line in result.stdout.splitlines() if line.startswith("KILN-BENCH ")]
         if result.returncode != 0 or not lines:
             raise RuntimeError(f"wrk {path}: rc {result.returncode}: {result.stderr.strip()[-500:]}")
@@ -182,12 +200,23 @@ class Box:
         busy = (core1[0] - core0[0]) / max(1, core1[1] - core0[1])
         return {
             **report,
+            "started_at": round(time.time() - wall, 3),  # epoch s: to match the server's logs
             "server_cpu_us": cpu1 - cpu0,
             "client_cpu": round(client, 3),
             "client_core_busy": round(busy, 3),
             "client_waited": round((waits1[0] - waits0[0]) / 1e6 / wall, 3),
             "client_demand": round(client + (waits1[0] - waits0[0]) / 1e6 / wall, 3),
             "server_waited": round((waits1[1] - waits0[1]) / 1e6 / wall, 3),
+            # the server's processes that started during the cell (a gunicorn worker recycled by max-requests, a
+            # timer's job): what the cell's latencies may show beside the requests themselves
+            "server_started": sorted(procs1[pid] for pid in procs1.keys() - procs0.keys()),
+            # the server's CPU per unit over the cell (units above 1 ms; one gone meanwhile is missing): a timer's
+            # job shares the server's CPU with the requests
+            "server_cpu_ms_by_unit": {
+                unit: round((usec - units0.get(unit, 0)) / 1000, 1)
+                for unit, usec in sorted(units1.items(), key=lambda u: units0.get(u[0], 0) - u[1])
+                if usec - units0.get(unit, 0) > 1000
+            },
         }
 
 
@@ -557,6 +586,13 @@ def table(result: dict) -> str:
         f"gates: 0 errors in every cell; wrk's demand for its core (ran + waited) above {CLIENT_MAX:.0%} "
         f"(client-bound, req/s a lower bound) in: {', '.join(bound) or 'no cell'}"
     )
+    started = [
+        f"{CONFIGS[r['config']]} {TARGETS[r['target']][0]} c{r['connections']} block {r['block']}: "
+        + ", ".join(r["server_started"])
+        for r in result.get("runs", [])
+        if r.get("server_started")
+    ]
+    lines.append(f"server processes started during a cell: {'; '.join(started) or 'none'}")
     return "\n".join(lines)
 
 

@@ -107,6 +107,15 @@ def test_the_table_marks_a_client_bound_cell_and_its_target():
     assert ">=" in next(line for line in text.splitlines() if "static: Kiln / DigitalOcean, c16" in line)
 
 
+def test_the_table_names_the_cells_during_which_a_server_process_started():
+    s = measured(set())
+    assert "server processes started during a cell: none" in bench.table({"meta": meta(), **s})
+    runs = [run("kiln", "db", 1) | {"block": 1, "server_started": []}]
+    runs.append(run("do", "db", 1) | {"block": 2, "server_started": ["gunicorn", "gunicorn"]})
+    text = bench.table({"meta": meta(), **s, "runs": runs})
+    assert "started during a cell: DigitalOcean 1-Click DB page c1 block 2: gunicorn, gunicorn\n" in text + "\n", text
+
+
 def test_the_table_judges_the_first_boot_against_its_goal():
     s = measured(set())
     slow = next(line for line in bench.table({"meta": meta(4.2), **s}).splitlines() if "first boot" in line)

@@ -1,8 +1,8 @@
 """kiln-web's gunicorn: the app imported once, by the master, after it bound its socket (a request meanwhile waits
 and is answered, never refused), its workers forks of it; a database connection the import opened is not inherited by
-the workers; the "a worker serves" marker that kiln-rqworker waits for. A real gunicorn with Kiln's hooks
-(provision/files/usr/local/lib/kiln/gunicorn.conf.py) serves a small Django app on a unix socket. The same start on
-the server: tests/infra/test_restart.py."""
+the workers; the master's objects frozen out of the workers' garbage collections; the "a worker serves" marker that
+kiln-rqworker waits for. A real gunicorn with Kiln's hooks (provision/files/usr/local/lib/kiln/gunicorn.conf.py)
+serves a small Django app on a unix socket. The same start on the server: tests/infra/test_restart.py."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ GUNICORN = ROOT / "provision" / "files" / "usr" / "local" / "bin" / "kiln-gunico
 
 # An app that queries its database while it is imported (in its urls or AppConfig.ready(), as apps do).
 APP = """
-import json, os, time
+import gc, json, os, time
 bound_before_import = os.path.exists(os.environ["T_SOCK"])
 time.sleep(float(os.environ["T_IMPORT_S"]))  # a slow import: a request meanwhile must wait for it
 import django
@@ -37,7 +37,8 @@ with connection.cursor() as c:
     c.execute("select 1")
 
 def app(environ, start_response):
-    body = json.dumps({"pid": os.getpid(), "inherited_connection": connection.connection is not None}).encode()
+    body = json.dumps({"pid": os.getpid(), "inherited_connection": connection.connection is not None,
+                       "frozen": gc.get_freeze_count()}).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body]
 """
@@ -99,21 +100,24 @@ def test_workers_are_forks_of_a_master_that_imported_the_app_once(tmp_path):
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert marker.exists(), f"no serving marker {marker.name} (gunicorn rc={proc.poll()})"
-        seen = {}
+        seen, frozen = {}, {}
         for _ in range(60):  # bounded: enough requests to reach every worker, usually
             r = get(sock)
             seen[r["pid"]] = r["inherited_connection"]
+            frozen[r["pid"]] = r["frozen"]
             if len(seen) == workers:
                 break
         imports = (tmp_path / "imports").read_text().splitlines()
         print(f"master {proc.pid}; app imported by {imports}; a request during the import answered after "
-              f"{waited:.1f} s by {first['pid']}; workers seen {seen}")  # fmt: skip
+              f"{waited:.1f} s by {first['pid']}; workers seen {seen}, frozen objects {frozen}")  # fmt: skip
         assert imports == [f"{proc.pid} bound"], (
             f"the app was imported by {imports}, not once by the master {proc.pid} after binding its socket"
         )
         assert proc.pid not in seen and seen, f"workers {seen}"
         inherited = [pid for pid, yes in seen.items() if yes]
         assert not inherited, f"workers {inherited} inherited the master's open database connection"
+        # the master's objects (Django's, the app's: tens of thousands) are out of the workers' collections
+        assert all(n > 10_000 for n in frozen.values()), f"objects frozen per worker: {frozen}"
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

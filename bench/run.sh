@@ -118,9 +118,10 @@ args=()                 # bench.py's arguments for the tier
 mode=full
 if [ "$QUICK" = 1 ]; then mode=quick; fi
 # The image side (build stages, TCG boots): the newest image's manifest and its boot check's figures, when this
-# checkout built one (make image, make image-check); the table names that image and its commit.
-manifest=$(find "$REPO/build/${DISTRO:-debian-13}" -maxdepth 1 -name 'kiln-*.manifest.json' -printf '%T@ %p\n' 2>/dev/null \
-  | sort -n | tail -1 | cut -d' ' -f2-)
+# checkout built one (make image, make image-check); the table names that image and its commit. None in a clean
+# clone (no build/: find fails, which must not end the run).
+manifest=$( { find "$REPO/build/${DISTRO:-debian-13}" -maxdepth 1 -name 'kiln-*.manifest.json' -printf '%T@ %p\n' \
+  2>/dev/null || true; } | sort -n | tail -1 | cut -d' ' -f2-)
 
 boot_nspawn() {
   say "boot: the container on CPU $SERVER_CPU (private network: loopback only), wrk on CPU $CLIENT_CPU"

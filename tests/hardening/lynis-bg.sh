@@ -29,9 +29,9 @@ alive() { [ -s "$dir/runner.pid" ] && kill -0 "$(cat "$dir/runner.pid")" 2>/dev/
 # for good.
 lock() { exec 9>"$dir/lock" && flock 9; }
 unlock() { exec 9>&-; }
-# The audit's end, whoever gets there first (the runner, or `stop` when the runner hung): the VM continued if held,
-# DIR/on-done, then rc. Exactly once: a second caller finds rc, or `ending` without rc while the first one still runs
-# on-done, which `stop` only interrupts after 40 s.
+# The audit's end (the runner's, or `stop`'s when the runner had not written rc 40 s after the TERM): the VM
+# continued if held, DIR/on-done, then rc. `stop` calls it only without rc; a runner it ended during on-done has run
+# on-done in part, and on-done runs again here (on-done must bear that, as it did before).
 finish() {
   local rc=$1 log=$dir/lynis-run.log
   lock

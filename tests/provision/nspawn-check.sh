@@ -160,25 +160,28 @@ kiln_ready() { # kiln_ready PHASE: Kiln's own readiness check: database, both Re
   printf '%s\n' "$out" | sed 's/^/      /'
 }
 
-# One job on each of the given queues, enqueued on the instance's QUEUE_URL as the app's user: rq's work horse returns
-# its parent's pid, the rq worker that took the job. Prints "QUEUE PID" (or "QUEUE STATUS" when it did not finish).
+# One job on each of the given queues, enqueued on the instance's QUEUE_URL as the app's user; the worker that took it
+# is named in the job's result, its pid in that worker's record (a forking Worker's job runs in a child of it, a
+# SimpleWorker's in it). Prints "QUEUE PID" (or "QUEUE STATUS" when it did not finish).
 PROBE_JOBS='
 import sys, time
 from redis import Redis
-from rq import Queue
+from rq import Queue, Worker
 env = {}
 for line in open("/etc/kiln/kiln.env").read().splitlines():
     if "=" in line and not line.startswith("#"):
         key, value = line.split("=", 1)
         env[key] = value
 conn = Redis.from_url(env["QUEUE_URL"])
-jobs = {q: Queue(q, connection=conn).enqueue("os.getppid") for q in sys.argv[1:]}
+jobs = {q: Queue(q, connection=conn).enqueue("os.getpid") for q in sys.argv[1:]}
 deadline = time.time() + 60
 for q, job in jobs.items():
     while job.get_status(refresh=True) not in ("finished", "failed") and time.time() < deadline:
         time.sleep(0.2)
     status = job.get_status()
-    print(q, job.return_value() if status == "finished" else getattr(status, "value", status))
+    result = job.latest_result() if status == "finished" else None
+    worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + result.worker_name, connection=conn) if result else None
+    print(q, worker.pid if worker else getattr(status, "value", status))
 '
 app_probes() { # app_probes PHASE: what Kiln proves for every app, parametrised by the current release's contract
   local f url g q out status pid prog group master
@@ -558,8 +561,9 @@ if [ "${KILN_NSPAWN_SECOND_APP:-1}" != 0 ]; then
     "grep -q 'kiln-web-next ($VERSION-second): GET $KILN_APP_HEALTH -> 2' '$WORK/install-app2.log' && grep 'kiln-release: nginx -> ' '$WORK/install-app2.log' | sed -n 's/.*nginx -> \([^ ]*\).*/\1/p' | xargs | grep -qx '/run/kiln/gunicorn-next.sock /run/kiln/gunicorn.sock'"
   check "second app: kiln-web-next stopped again, nginx's upstream is kiln-web's socket" bash -c \
     "cx supervisorctl status kiln-web-next | grep -q STOPPED && cx grep -qx 'server unix:/run/kiln/gunicorn.sock fail_timeout=0;' /etc/nginx/snippets/kiln-upstream.conf"
-  for prog in kiln-worker-urgent-0:urgent kiln-worker-bulk-0:bulk kiln-worker-bulk-1:bulk; do
-    check "second app: ${prog%:*} runs rq on queue ${prog#*:} only" bash -c "cx cat /proc/\$(cx supervisorctl pid kiln-worker:${prog%:*})/cmdline | tr '\\0' ' ' | grep -q 'manage.py rqworker --with-scheduler ${prog#*:} \$'"
+  for prog in kiln-worker-urgent-0:SimpleWorker:urgent kiln-worker-bulk-0:Worker:bulk kiln-worker-bulk-1:Worker:bulk; do
+    IFS=: read -r p cls q <<<"$prog"
+    check "second app: $p runs rq's $cls on queue $q only" bash -c "cx cat /proc/\$(cx supervisorctl pid kiln-worker:$p)/cmdline | tr '\\0' ' ' | grep -q 'manage.py rqworker --with-scheduler --worker-class rq.worker.$cls $q \$'"
   done
   service_checks "second app"
   workers_after_web "second app"

@@ -72,7 +72,7 @@ health = "/up"
 queues = ["mail", "reports", "default"]
 
 [tool.kiln.workers]
-fast = { queues = ["mail", "default"], processes = 2 }
+fast = { queues = ["mail", "default"], processes = 2, class = "SimpleWorker" }
 slow = { queues = ["reports"] }
 
 [tool.kiln.timers]
@@ -123,7 +123,7 @@ def test_reference_app_contract_is_what_kiln_runs_today():
     assert contract["settings"] == "kiln.settings"
     assert contract["health"] == "/readyz"
     assert contract["lock"] == "requirements.txt"
-    assert contract["workers"] == {"default": {"queues": ["export", "default"], "processes": 2}}
+    assert contract["workers"] == {"default": {"queues": ["export", "default"], "processes": 2, "class": "Worker"}}
     assert contract["timers"] == {}
 
 
@@ -163,11 +163,13 @@ def test_contract_setting_every_key_passes_and_sources_as_bash(tmp_path):
         "${KILN_APP_WORKERS[@]}",
         "${KILN_APP_WORKERS_FAST_QUEUES[@]}",
         "$KILN_APP_WORKERS_SLOW_PROCESSES",
+        "$KILN_APP_WORKERS_FAST_CLASS",
+        "$KILN_APP_WORKERS_SLOW_CLASS",
         "$KILN_APP_TIMERS_SESSIONS_ON_CALENDAR",
     ]
     script = res.stdout + 'printf "%s|" ' + " ".join(f'"{v}"' for v in shown)
     out = subprocess.run(["bash", "-euc", script], capture_output=True, text=True, check=True).stdout
-    assert out == ">=3.11,<3.14|migrate --noinput|createcachetable|fast|slow|mail|default|1|daily|"
+    assert out == ">=3.11,<3.14|migrate --noinput|createcachetable|fast|slow|mail|default|1|SimpleWorker|Worker|daily|"
 
 
 BAD = {
@@ -234,6 +236,10 @@ BAD = {
     "worker_group_without_processes": (
         GOOD.replace('{ queues = ["mail"] }', '{ queues = ["mail"], processes = 0 }'),
         ["tool.kiln.workers.mail.processes in mysite/pyproject.toml: must be at least 1, not 0"],
+    ),
+    "worker_class_not_rqs": (
+        GOOD.replace('{ queues = ["mail"] }', '{ queues = ["mail"], class = "simple" }'),
+        ["tool.kiln.workers.mail.class in mysite/pyproject.toml: 'simple' is not one of 'Worker', 'SimpleWorker'"],
     ),
     "worker_group_without_queues": (
         "[tool.kiln.workers]\nmail = { processes = 2 }\n",

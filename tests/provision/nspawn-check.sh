@@ -351,6 +351,10 @@ check "gzip on for CSS" bash -c "curl -sk -H 'Accept-Encoding: gzip' -D - -o /de
 gz=$(cx stat -c %s /srv/kiln/current/static/admin/css/base.css.gz 2>/dev/null || echo none)
 check "CSS sent as kiln-release's precompressed copy (gzip_static: Content-Length $gz, the size of base.css.gz)" bash -c \
   "curl -sk --http1.1 -H 'Accept-Encoding: gzip' -D - -o /dev/null https://127.0.0.1/static/admin/css/base.css | tr -d '\r' | grep -qix 'content-length: $gz'"
+# open_file_cache (the app's nginx snippet): the file served stays open in the worker that served it, no open/close
+# per request. The workers' descriptors, after the requests above.
+check "static file kept open by nginx between requests (open_file_cache: base.css.gz among a worker's descriptors)" \
+  cx bash -c 'for p in $(pgrep -f "nginx: worker"); do ls -l /proc/$p/fd; done 2>/dev/null | grep -q "/static/admin/css/base.css.gz$"'
 # nginx's page cache (snippets/kiln-page-cache.conf): what the app marks public (the records list, 5 s) is served by
 # nginx from the second request on; a request with a cookie or credentials always reaches the app; a page the app
 # did not mark public (here /healthz) is never stored. A query of its own: a key no earlier request filled.

@@ -760,6 +760,12 @@ location ^~ {c["static-url"]} {{
     access_log off;
     # the .gz kiln-release made beside each compressible file, sent as it is (no compression per request)
     gzip_static on;
+    # A release's files never change: their descriptors and sizes are kept open (the .gz's and the file's) instead of
+    # an open, fstat and close per request (make bench, AMD EPYC: the CSS file at 1 connection 58-65 -> 52-54 us of
+    # server CPU per request). A reload (every deploy's switch) starts with an empty cache.
+    open_file_cache max=2000 inactive=60s;
+    open_file_cache_valid 60s;
+    open_file_cache_errors on;
 }}
 """
     http = f"# {RENDERED}: do not edit.\n# Included by the HTTP server of /etc/nginx/sites-available/kiln.\n"

@@ -28,6 +28,9 @@ PKG_LOGS=(logrotate)
 # Backups (kiln-backup): restic, and the database's dump tool and server binary (the restore test runs a throw-away
 # server of its own); MySQL initialises its datadir itself (--initialize-insecure)
 PKG_BACKUP=(restic)
+# Metrics (step 78): node-exporter, without its Recommends' prometheus-node-exporter-collectors (timers and scripts
+# for apt, SMART and NVMe, pulling moreutils and smartmontools): Kiln writes the textfiles it serves
+PKG_METRICS=(prometheus-node-exporter)
 # git: kiln-release deploys an app from a git URL too (a shallow fetch of one ref)
 PKG_DEPLOY=(git)
 DB_DUMP=mysqldump

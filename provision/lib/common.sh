@@ -114,7 +114,7 @@ remove_path() { # remove_path PATH (a removal is logged; returns 0 unless it die
 stack_packages() {
   { printf '%s\n' "${PKG_BASE[@]}" "${PKG_DB_SERVER[@]}" "${PKG_REDIS[@]}" "${PKG_WEB[@]}" "${PKG_APP_RUNTIME[@]}" \
       "${PKG_FIREWALL[@]}" "${PKG_SSH[@]}" "${PKG_SERVICES[@]}" "${PKG_ACCOUNTS[@]}" "${PKG_LOGS[@]}" \
-      "${PKG_BACKUP[@]}" "${PKG_DEPLOY[@]}"
+      "${PKG_BACKUP[@]}" "${PKG_METRICS[@]}" "${PKG_DEPLOY[@]}"
     if [ -n "${KILN_APP_SRC:-}" ]; then app_contract_list "$KILN_APP_SRC" PACKAGES; fi
   } | LC_ALL=C sort -u
 }
@@ -205,6 +205,16 @@ env_value() {
   [ -r "$1" ] || return 0
   sed -nE "s/^[[:space:]]*(export[[:space:]]+)?$2=//p" "$1" | tail -n 1 | sed -E "s/^([\"'])(.*)\\1\$/\\2/"
 }
+
+# Kiln's Prometheus textfiles (kiln-backup's, kiln-release's, kiln-metrics-rq's), read by node-exporter's textfile
+# collector, and where node-exporter listens: loopback only, the operator scrapes it through an SSH tunnel or a
+# private network (README, "Metrics"). Step 78 renders both into /etc/default/prometheus-node-exporter and
+# kiln-metrics-rq.service. Not under /var/lib/kiln (0750 root:kiln): node-exporter runs as its own user, prometheus,
+# which must not join group kiln (it reads the instance env's secrets). Tests move the directory (the environment's).
+# shellcheck disable=SC2034  # used by the steps, kiln-backup and kiln-release
+KILN_METRICS_DIR=${KILN_METRICS_DIR:-/var/lib/kiln-metrics}
+# shellcheck disable=SC2034
+KILN_METRICS_LISTEN=127.0.0.1:9100
 
 # job_timeout RELEASE_DIR: the longest an rq job of the app may run, in seconds: the operator's JOB_TIMEOUT (the
 # overrides, through KILN_INSTANCE_ENV), else the release's contract (job-timeout, in its kiln-app.env). One number

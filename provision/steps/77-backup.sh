@@ -8,9 +8,10 @@ set -euo pipefail
 apt_install "${PKG_BACKUP[@]}"
 put usr/local/sbin/kiln-backup 0755 || true
 put usr/local/lib/kiln/kiln_backup.py 0644 || true
-# Results (kiln status reads them) and the Prometheus textfile; the restic cache is rebuilt from the repository.
+# Results (kiln status reads them) and the Prometheus textfile (node-exporter's: step 78); the restic cache is rebuilt
+# from the repository.
 ensure_dir /var/lib/kiln/status 0755 root:root
-ensure_dir /var/lib/kiln/metrics 0755 root:root
+ensure_dir "$KILN_METRICS_DIR" 0755 root:root
 for unit in kiln-backup.service kiln-backup.timer kiln-restore-test.service kiln-restore-test.timer; do
   if put "etc/systemd/system/$unit"; then need_restart daemon-reload; fi
 done

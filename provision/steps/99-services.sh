@@ -43,6 +43,13 @@ if systemctl is-active -q nginx.service; then
 else
   act systemctl start nginx.service
 fi
+# node-exporter reads its arguments (/etc/default/prometheus-node-exporter, step 78) only when it starts. (Not there
+# before step 78 has run once: `install.sh 40` on a server provisioned before it.)
+unit=prometheus-node-exporter.service
+if systemctl cat "$unit" >/dev/null 2>&1; then
+  if pending restart "$unit" && systemctl is-active -q "$unit"; then act systemctl restart "$unit"; fi
+  systemctl is-active -q "$unit" || act systemctl start "$unit"
+fi
 # An enabled timer starts with timers.target at boot; on a running system, now: each enabled Kiln timer (retention,
 # backup, restore test, the app's scheduled commands).
 timers=$(systemctl list-unit-files --state=enabled --no-legend 'kiln-*.timer' | awk '{print $1}') \

@@ -13,10 +13,10 @@ Targets:
 
 Order: state, http, security basics, hardening, jobs, idempotence, bad input, then the Lynis test (it collects the audit
 started in the background when the target came up, so it overlaps every suite that leaves services running; a provision
-that changes nothing restarts nothing), backup (a restore stops the app), restart, reboot (disruptive last: a reboot
-would end the audit, a kill could show it a service down), then logs (every log file the suites before made is rotated
-by something); test_memory after every suite (it reads the kernel's log for OOM kills).
-With KILN_LYNIS_BG=DIR the audit is not of this target: the boot check started it on its instance b of
+that changes nothing restarts nothing), backup (a restore stops the app), metrics (the backups' among them), restart,
+reboot (disruptive last: a reboot would end the audit, a kill could show it a service down), then logs (every log file
+the suites before made is rotated by something); test_memory after every suite (it reads the kernel's log for OOM
+kills). With KILN_LYNIS_BG=DIR the audit is not of this target: the boot check started it on its instance b of
 the production image (tests/image/boot-check.sh), beside the suites here except those that time things (b is held
 while they run: HOLD_LYNIS_VM_FOR), and the Lynis test collects it last.
 Environment: KILN_DESTROY=1, KILN_RESTART_TIMEOUT (seconds for a killed service to serve again) [10; 20 under TCG],
@@ -60,6 +60,8 @@ ORDER = [
     "test_hardening::test_lynis_hardening_index_meets_target",
     # after the audit: a restore stops the app's programs for a while
     "test_backup",
+    # after the backups: their metrics are there to be scraped; it stops the workers for a moment
+    "test_metrics",
     "test_restart",
     "test_reboot",
     # last: by then every suite has made the logs it makes, and the reboot has left a second boot's journal

@@ -36,6 +36,8 @@ SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-kiln-backup-test.conf"
 MEDIA = "/srv/kiln/shared/media"
 TIMINGS: dict[str, float] = {}
 KB = f"KILN_BACKUP_ENV_FILE={TEST_ENV} /usr/local/sbin/kiln-backup"
+# kiln-backup's Prometheus textfile, in KILN_METRICS_DIR of the target's lib/common.sh
+METRICS = "bash -c '. /usr/local/lib/kiln/lib/common.sh && cat \"$KILN_METRICS_DIR/kiln_backup.prom\"'"
 
 
 def free_port() -> int:
@@ -178,7 +180,7 @@ def test_backups_are_off_until_configured(host):
     sh(host, "systemctl start kiln-backup.service")  # a oneshot: returns when it ended, rc 0
     st = status(host, "backup")
     assert st["ok"] is False and st["backups"] == "OFF" and st["error"].startswith("backups OFF"), st
-    assert "kiln_backup_enabled 0" in out(host, "cat /var/lib/kiln/metrics/kiln_backup.prom")
+    assert "kiln_backup_enabled 0" in out(host, METRICS)
     assert "backups OFF" in out(host, "journalctl -u kiln-backup.service -n 5 --no-pager")
 
 
@@ -255,4 +257,4 @@ def test_restore_test_fails_on_a_damaged_pack(host, s3):
     res = timed(host, "restore-test (damaged)", f"{KB} restore-test", ok=(1,))
     st = status(host, "restore-test")
     assert st["ok"] is False and st["error"], (st, res.stderr)
-    assert "kiln_restore_test_last_ok 0" in out(host, "cat /var/lib/kiln/metrics/kiln_backup.prom")
+    assert "kiln_restore_test_last_ok 0" in out(host, METRICS)

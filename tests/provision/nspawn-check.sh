@@ -333,6 +333,13 @@ check "redis cache and queue: background tasks once a second (hz 1: an idle Redi
   test "$(rinfo cache 6379 configured_hz) $(rinfo queue 6380 configured_hz)" = "1 1"
 out=$(rcli cache 6379 config get maxmemory 2>&1 || true)
 check "redis: CONFIG command disabled (hardening include active)" grep -qi 'unknown command' <<<"$out"
+# Metrics (step 78): the address and the textfile directory as the server's lib/common.sh sets them.
+check "node-exporter active, listening on KILN_METRICS_LISTEN (loopback) only" cx bash -c \
+  '. /usr/local/lib/kiln/lib/common.sh && systemctl is-active -q prometheus-node-exporter && [ "$(ss -Hltn "sport = :${KILN_METRICS_LISTEN##*:}" | awk "{print \$4}" | sort -u)" = "$KILN_METRICS_LISTEN" ]'
+check "node-exporter serves Kiln's textfiles: kiln_release_info of $VERSION, the rq queues (${KILN_APP_QUEUES[*]:-none}) read by kiln-metrics-rq" cx bash -c \
+  'set -e; . /usr/local/lib/kiln/lib/common.sh; systemctl start kiln-metrics-rq.service; m=$(curl -sS --max-time 10 "http://$KILN_METRICS_LISTEN/metrics")
+   grep -qx "kiln_release_info{release=\"$1\"} 1" <<<"$m"; grep -qx "kiln_rq_up 1" <<<"$m"; grep -qx "node_textfile_scrape_error 0" <<<"$m"
+   for q in "${@:2}"; do grep -q "^kiln_rq_queue_jobs{queue=\"$q\"} " <<<"$m"; done' _ "$VERSION" "${KILN_APP_QUEUES[@]}"
 
 say "nginx"
 check "HTTP / -> 301 to https" bash -c "curl -sI --max-time 10 http://127.0.0.1/records/ | grep -qi '^location: https://127.0.0.1/records/'"

@@ -126,8 +126,10 @@ def reply(stream) -> str:
     return line
 
 
-def check_redis(url: str, write: bool) -> str:
-    """AUTH (when the URL has a password), SELECT (a database other than 0), then PING or, as a write, SET NX."""
+def redis_call(url: str, *commands: list[str]) -> tuple[str, list[str]]:
+    """COMMANDS on the Redis of URL (redis://, rediss://, unix://), after AUTH (when the URL has a password) and SELECT
+    (a database other than 0), in one round trip: where it connected, and the answers of COMMANDS. No connection, or
+    an error answer to any command, raises NotReady naming it. kiln_metrics.py reads the queues with it too."""
     u = urlsplit(url)
     if not url:
         raise NotReady("no URL set (CACHE_URL, QUEUE_URL)")
@@ -146,23 +148,29 @@ def check_redis(url: str, write: bool) -> str:
             raise NotReady(f"{u.scheme!r} is not a Redis URL (redis://, rediss://, unix://)")
     except OSError as exc:
         raise NotReady(f"cannot connect to {u.hostname or u.path}:{u.port or ''}: {exc}") from None
-    commands = []
+    setup = []
     if u.password:
-        commands.append(["AUTH", *([unquote(u.username)] if u.username else []), unquote(u.password)])
+        setup.append(["AUTH", *([unquote(u.username)] if u.username else []), unquote(u.password)])
     query = dict(part.split("=", 1) for part in u.query.split("&") if "=" in part)
     db = query.get("db", "") if u.scheme == "unix" else u.path.strip("/")
     if db not in ("", "0"):
-        commands.append(["SELECT", db])
-    commands.append(["SET", "kiln:ready", "1", "NX"] if write else ["PING"])
+        setup.append(["SELECT", db])
+    sent = [*setup, *commands]
     with sock, sock.makefile("rb") as stream:
         try:
-            sock.sendall(b"".join(resp(*c) for c in commands))
-            answers = [reply(stream) for _ in commands]
+            sock.sendall(b"".join(resp(*c) for c in sent))
+            answers = [reply(stream) for _ in sent]
         except OSError as exc:
             raise NotReady(f"{where}: {exc}") from None
-    for command, answer in zip(commands, answers, strict=True):
+    for command, answer in zip(sent, answers, strict=True):
         if answer.startswith("-"):
             raise NotReady(f"{where}: {command[0]} -> {answer[1:]}")
+    return where, answers[len(setup) :]
+
+
+def check_redis(url: str, write: bool) -> str:
+    """PING or, as a write, SET NX of one key (redis_call)."""
+    where, _ = redis_call(url, ["SET", "kiln:ready", "1", "NX"] if write else ["PING"])
     return f"{'SET NX (a write)' if write else 'PING'} on {where}"
 
 

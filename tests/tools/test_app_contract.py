@@ -7,7 +7,6 @@ A bad contract must be refused with exit 1 and exactly its own problem lines; a 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -15,12 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from kilntest import ROOT, load
 
-ROOT = Path(__file__).resolve().parents[2]
 KILN_APP = ROOT / "provision" / "files" / "usr" / "local" / "lib" / "kiln" / "kiln_app.py"
-_spec = importlib.util.spec_from_file_location("kiln_app", KILN_APP)
-kiln_app = sys.modules["kiln_app"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
-_spec.loader.exec_module(kiln_app)
+kiln_app = load("kiln_app", KILN_APP)
 
 HASH = "--hash=sha256:" + "ab" * 32
 LOCK = f"django==5.2.8 \\\n    {HASH}\n    # via -r requirements.in\ngunicorn==23.0.0 \\\n    {HASH}\n"

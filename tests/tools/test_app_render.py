@@ -8,7 +8,6 @@ The rendered files are what supervisor, systemd and nginx read on the server; th
 from __future__ import annotations
 
 import configparser
-import importlib.util
 import json
 import shlex
 import socket
@@ -18,17 +17,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from kilntest import load
 from test_app_contract import FULL, LOCK_RQ, ROOT, run, startproject
 
 LIB = ROOT / "provision" / "files" / "usr" / "local" / "lib" / "kiln"
 SECOND_APP = ROOT / "tests" / "fixtures" / "second-app"
-
-
-def load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 kiln_ready = load("kiln_ready", LIB / "kiln_ready.py")

@@ -3,19 +3,14 @@ paced by the load generator (wrk's core saturated) is a lower bound, and a targe
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from kilntest import ROOT, load
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("kiln_bench", ROOT / "bench" / "bench.py")
-bench = sys.modules["kiln_bench"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load("kiln_bench", ROOT / "bench" / "bench.py")
 
 RPS = {"db": 500, "cached": 3000, "nodb": 1500, "static": 40000, "static-django": 700}
 

@@ -6,14 +6,9 @@ it) and Kiln's own supervisor config from provision/, so a program log that lose
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from kilntest import ROOT, load
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("logcover", ROOT / "tests" / "infra" / "logcover.py")
-logcover = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(logcover)
+logcover = load("logcover", ROOT / "tests" / "infra" / "logcover.py")
 
 # logrotate --debug /etc/logrotate.conf, abridged: a stanza of three names on three lines, a wildcard that expanded,
 # a literal name that does not exist (still "considered").
@@ -59,11 +54,7 @@ childlogdir=/var/log/supervisor            ; ('AUTO' child log dir, default $TEM
 files = /etc/supervisor/conf.d/*.conf
 """
 # Kiln's own programs, then the reference app's worker groups as kiln-release renders them from its contract.
-_app_spec = importlib.util.spec_from_file_location(
-    "kiln_app", ROOT / "provision" / "files" / "usr" / "local" / "lib" / "kiln" / "kiln_app.py"
-)
-kiln_app = sys.modules["kiln_app"] = importlib.util.module_from_spec(_app_spec)  # dataclasses look their module up
-_app_spec.loader.exec_module(kiln_app)
+kiln_app = load("kiln_app", ROOT / "provision" / "files" / "usr" / "local" / "lib" / "kiln" / "kiln_app.py")
 KILN_SUPERVISOR_CONF = (ROOT / "provision" / "files" / "etc" / "supervisor" / "conf.d" / "kiln.conf").read_text() + (
     kiln_app.render(kiln_app.load(ROOT / "app", ((3, 13), "test")))["supervisor/kiln-workers.conf"]
 )

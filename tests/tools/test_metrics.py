@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -25,8 +24,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from kilntest import ROOT, load
 
-ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "provision" / "files" / "usr" / "local" / "lib" / "kiln"
 COMMON = ROOT / "provision" / "lib" / "common.sh"
 FILES = ROOT / "provision" / "files"
@@ -39,13 +38,6 @@ needs_redis = pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="needs 
 needs_exporter = pytest.mark.skipif(
     not Path(NODE_EXPORTER).exists(), reason="needs prometheus-node-exporter (make test-tools installs it)"
 )
-
-
-def load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 kiln_metrics = load("kiln_metrics", LIB / "kiln_metrics.py")

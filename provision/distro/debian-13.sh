@@ -25,6 +25,8 @@ PKG_SSH=(openssh-server)
 PKG_SERVICES=(fail2ban python3-systemd apparmor auditd systemd-timesyncd sysstat debsums needrestart)
 PKG_ACCOUNTS=(libpam-passwdqc libpam-tmpdir)
 PKG_LOGS=(logrotate)
+# Log shipping (step 76, kiln-logship): rsyslog and its TLS driver (GnuTLS), disabled unless KILN_LOG_REMOTE is set
+PKG_LOGSHIP=(rsyslog rsyslog-gnutls)
 # Backups (kiln-backup): restic, and the database's dump tool and server binary (the restore test runs a throw-away
 # server of its own)
 PKG_BACKUP=(restic)

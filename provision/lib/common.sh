@@ -114,7 +114,7 @@ remove_path() { # remove_path PATH (a removal is logged; returns 0 unless it die
 stack_packages() {
   { printf '%s\n' "${PKG_BASE[@]}" "${PKG_DB_SERVER[@]}" "${PKG_REDIS[@]}" "${PKG_WEB[@]}" "${PKG_APP_RUNTIME[@]}" \
       "${PKG_FIREWALL[@]}" "${PKG_SSH[@]}" "${PKG_SERVICES[@]}" "${PKG_ACCOUNTS[@]}" "${PKG_LOGS[@]}" \
-      "${PKG_BACKUP[@]}" "${PKG_METRICS[@]}" "${PKG_DEPLOY[@]}"
+      "${PKG_LOGSHIP[@]}" "${PKG_BACKUP[@]}" "${PKG_METRICS[@]}" "${PKG_DEPLOY[@]}"
     if [ -n "${KILN_APP_SRC:-}" ]; then app_contract_list "$KILN_APP_SRC" PACKAGES; fi
   } | LC_ALL=C sort -u
 }
@@ -338,3 +338,27 @@ web_upstream_snippet() {
 server unix:$1 fail_timeout=0;
 EOS
 }
+
+# --- Log shipping (README, "Logs leave the server"): rsyslog sends the journal and the app's logs to the operator's
+# KILN_LOG_REMOTE over syslog-over-TLS (RFC 5425). kiln-logship renders the template
+# files/usr/local/lib/kiln/rsyslog-kiln-remote.conf with these; step 76 renders rsyslog.service's drop-in (which runs
+# rsyslogd on this file alone: the package's rsyslog.conf would also write /var/log/syslog and the like, and the
+# journal is the local log). Tests move the paths (the environment's).
+# shellcheck disable=SC2034  # used by kiln-logship and step 76
+KILN_LOGSHIP_ETC=${KILN_LOGSHIP_ETC:-/etc/rsyslog.d}
+# shellcheck disable=SC2034
+KILN_LOGSHIP_CONF=$KILN_LOGSHIP_ETC/kiln-remote.conf
+# shellcheck disable=SC2034  # the operator's CA when given as PEM text (a path is used where it is)
+KILN_LOGSHIP_CA_PEM=$KILN_LOGSHIP_ETC/kiln-remote-ca.pem
+# shellcheck disable=SC2034  # the receiver's CA unless the operator names one
+KILN_LOGSHIP_SYSTEM_CA=${KILN_LOGSHIP_SYSTEM_CA:-/etc/ssl/certs/ca-certificates.crt}
+# shellcheck disable=SC2034  # rsyslog's work directory: the action queue's disk part and imfile's read positions
+KILN_LOGSHIP_SPOOL=${KILN_LOGSHIP_SPOOL:-/var/spool/rsyslog}
+# shellcheck disable=SC2034  # the app's logs (supervisor's, step 50)
+KILN_LOGSHIP_APP_LOGS=${KILN_LOGSHIP_APP_LOGS:-/var/log/kiln/*.log}
+# shellcheck disable=SC2034  # where journald forwards each entry (ForwardToSyslog; systemd's syslog.socket)
+KILN_LOGSHIP_JOURNAL_SOCKET=${KILN_LOGSHIP_JOURNAL_SOCKET:-/run/systemd/journal/syslog}
+# shellcheck disable=SC2034  # the bound of what a receiver outage keeps: messages in memory, then bytes on disk
+KILN_LOGSHIP_QUEUE_MESSAGES=10000
+# shellcheck disable=SC2034
+KILN_LOGSHIP_QUEUE_DISK=256m

@@ -427,6 +427,16 @@ check "journald.conf.d/90-kiln.conf in effect (systemd-analyze cat-config: ${eff
 max_use=$(cx journalctl -b -o export MESSAGE_ID=ec387f577b844b8fa948f33cad9a75e6 'JOURNAL_NAME=System Journal' \
   | sed -n 's/^MAX_USE=//p' | tail -n 1 || true)
 check "journald applies it to the system journal: MAX_USE=${max_use:-none} = $cap" test "${max_use:-}" = "$(numfmt --from=iec "$cap")"
+# Log shipping is OFF without the operator's KILN_LOG_REMOTE (step 76, kiln-logship): rsyslog installed, not running,
+# nothing of its own under /var/log (the journal is the local log); a bad receiver is refused, naming the key.
+check "log shipping OFF: rsyslog installed, rsyslog.service disabled, it and syslog.socket inactive" \
+  cx bash -c '[ -x /usr/sbin/rsyslogd ] && ! systemctl is-enabled -q rsyslog.service && ! systemctl is-active -q rsyslog.service syslog.socket'
+check "no /var/log/syslog, messages or auth.log" \
+  cx bash -c 'for f in /var/log/syslog /var/log/messages /var/log/auth.log; do [ ! -e "$f" ] || exit 1; done'
+check "kiln-logship check refuses KILN_LOG_REMOTE=logs.example.com (no port), naming the key" \
+  cx bash -c 'printf "KILN_LOG_REMOTE=logs.example.com\n" >/run/kiln-logship-check.env
+    if o=$(/usr/local/sbin/kiln-logship check /run/kiln-logship-check.env 2>&1); then exit 1; fi
+    rm -f /run/kiln-logship-check.env; [[ $o == *"KILN_LOG_REMOTE=logs.example.com in"* ]]'
 for t in logrotate.timer kiln-retention.timer; do
   check "$t enabled and active" test "$(cx systemctl is-enabled "$t" 2>&1 || true) $(cx systemctl is-active "$t" 2>&1 || true)" = "enabled active"
 done

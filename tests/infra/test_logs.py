@@ -12,7 +12,7 @@ import re
 import secrets
 import shlex
 
-from kilnlib import ENV_FILE, out, sh, wait_http_ok, wait_in_guest
+from kilnlib import ENV_FILE, OVERRIDES, out, overrides_restored, sh, wait_http_ok, wait_in_guest
 from logcover import (
     classify,
     effective_setting,
@@ -27,7 +27,6 @@ JOURNAL_DROPIN = "/etc/systemd/journald.conf.d/90-kiln.conf"
 # journald's "Disk space used by the journal" message (SD_MESSAGE_JOURNAL_USAGE), logged when it opens the persistent
 # journal at boot; its MAX_USE= field is the limit journald applies, in bytes.
 JOURNAL_USAGE_ID = "ec387f577b844b8fa948f33cad9a75e6"
-OVERRIDES = "/etc/kiln/overrides.env"
 # A syslog-over-TLS receiver for the shipping test: appends what it receives, raw (octet-counted frames), to a file.
 LISTENER = r"""
 import pathlib, socket, ssl, sys
@@ -70,65 +69,63 @@ def test_logs_leave_the_server_over_tls_only_when_the_operator_names_a_receiver(
         f"rsyslog runs without KILN_LOG_REMOTE:\n{host.run('systemctl status rsyslog').stdout}"
     )
     d = out(host, "mktemp -d /run/kiln-logship-test.XXXXXX")
-    saved = out(host, f"cat {OVERRIDES} 2>/dev/null || true")
-    had = host.file(OVERRIDES).exists
     env_before = out(host, f"cat {ENV_FILE}")
     mark = secrets.token_hex(6)
-    try:
-        # A CA and the receiver's certificate for logs.kiln.test; the receiver on a free port of 127.0.0.1.
-        ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-        sh(
-            host,
-            f"cd {d} && openssl req -x509 {ec} -days 1 -subj /CN=kiln-test-ca -keyout ca.key -out ca.pem 2>/dev/null"
-            f" && openssl req -x509 {ec} -days 1 -subj /CN=logs.kiln.test -addext subjectAltName=DNS:logs.kiln.test"
-            " -CA ca.pem -CAkey ca.key -keyout srv.key -out srv.pem 2>/dev/null",
-        )
-        sh(
-            host,
-            f"printf '%s' {shlex.quote(LISTENER)} >{d}/listener.py && cd {d} && "
-            "setsid nohup python3 listener.py srv.pem srv.key got port </dev/null >listener.log 2>&1 & echo $! >pid",
-        )
-        wait_in_guest(host, f"test -s {d}/port", 60, "the test's TLS receiver")
-        port = out(host, f"cat {d}/port")
-        # A bad receiver is refused before anything changes, naming the key.
-        sh(host, f"echo KILN_LOG_REMOTE=127.0.0.1 >>{OVERRIDES}")
-        res = sh(host, "kiln-firstboot --check", ok=None, timeout=600)
-        assert res.rc != 0 and "KILN_LOG_REMOTE=127.0.0.1 in" in res.stderr, f"rc={res.rc}\n{res.stdout}{res.stderr}"
-        assert out(host, f"cat {ENV_FILE}") == env_before
-        sh(
-            host,
-            f"sed -i 's/^KILN_LOG_REMOTE=.*/KILN_LOG_REMOTE=127.0.0.1:{port}/' {OVERRIDES} && printf '%s\\n' "
-            f"KILN_LOG_REMOTE_NAME=logs.kiln.test KILN_LOG_REMOTE_CA={d}/ca.pem >>{OVERRIDES}",
-        )
-        sh(host, "kiln-firstboot --reconfigure", timeout=600)
-        assert (
-            out(host, "systemctl is-enabled rsyslog.service; systemctl is-active rsyslog.service") == "enabled\nactive"
-        )
-        # An app line (Django's warning for a 404, JSON in /var/log/kiln/web.log) and a journal line.
-        wait_http_ok(host, "/readyz", timeout=120)
-        sh(host, f"curl -sk -o /dev/null https://127.0.0.1/kiln-logship-{mark} && logger -t kiln-probe journal-{mark}")
-        evidence = lambda: host.run(f"cat -v {d}/got; journalctl -u rsyslog --no-pager -n 20").stdout  # noqa: E731
-        wait_in_guest(
-            host,
-            f"grep -q kiln-logship-{mark} {d}/got && grep -q journal-{mark} {d}/got",
-            60,
-            "both lines at the receiver",
-            evidence=evidence,
-        )
-        got = out(host, f"cat {d}/got")
-        frames = octet_counted(got.encode())
-        assert frames is not None, f"the stream is not octet-counted frames (RFC 5425):\n{got}"
-        app = [f for f in frames if f"kiln-logship-{mark}" in f]
-        assert app and re.match(r"<\d+>1 \S+ \S+ web \S+ - - \{", app[0]), f"the app's line, RFC 5424:\n{frames}"
-        assert any(re.match(rf"<\d+>1 \S+ \S+ kiln-probe \S+ - - journal-{mark}$", f) for f in frames), frames
-    finally:
-        host.run(f"kill $(cat {d}/pid); rm -rf {d}")
-        if had:
-            sh(host, f"printf '%s\\n' {shlex.quote(saved)} >{OVERRIDES}")
-        else:
-            sh(host, f"rm -f {OVERRIDES}")
-        sh(host, "kiln-firstboot --reconfigure", timeout=600)
-        wait_http_ok(host, "/readyz", timeout=120)
+    with overrides_restored(host, always=True):
+        try:
+            # A CA and the receiver's certificate for logs.kiln.test; the receiver on a free port of 127.0.0.1.
+            ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+            sh(
+                host,
+                f"cd {d} && openssl req -x509 {ec} -days 1 -subj /CN=kiln-test-ca -keyout ca.key -out ca.pem"
+                " 2>/dev/null"
+                f" && openssl req -x509 {ec} -days 1 -subj /CN=logs.kiln.test -addext subjectAltName=DNS:logs.kiln.test"
+                " -CA ca.pem -CAkey ca.key -keyout srv.key -out srv.pem 2>/dev/null",
+            )
+            sh(
+                host,
+                f"printf '%s' {shlex.quote(LISTENER)} >{d}/listener.py && cd {d} && "
+                "setsid nohup python3 listener.py srv.pem srv.key got port </dev/null >listener.log 2>&1 &"
+                " echo $! >pid",
+            )
+            wait_in_guest(host, f"test -s {d}/port", 60, "the test's TLS receiver")
+            port = out(host, f"cat {d}/port")
+            # A bad receiver is refused before anything changes, naming the key.
+            sh(host, f"echo KILN_LOG_REMOTE=127.0.0.1 >>{OVERRIDES}")
+            res = sh(host, "kiln-firstboot --check", ok=None, timeout=600)
+            refused = res.rc != 0 and "KILN_LOG_REMOTE=127.0.0.1 in" in res.stderr
+            assert refused, f"rc={res.rc}\n{res.stdout}{res.stderr}"
+            assert out(host, f"cat {ENV_FILE}") == env_before
+            sh(
+                host,
+                f"sed -i 's/^KILN_LOG_REMOTE=.*/KILN_LOG_REMOTE=127.0.0.1:{port}/' {OVERRIDES} && printf '%s\\n' "
+                f"KILN_LOG_REMOTE_NAME=logs.kiln.test KILN_LOG_REMOTE_CA={d}/ca.pem >>{OVERRIDES}",
+            )
+            sh(host, "kiln-firstboot --reconfigure", timeout=600)
+            state = out(host, "systemctl is-enabled rsyslog.service; systemctl is-active rsyslog.service")
+            assert state == "enabled\nactive", state
+            # An app line (Django's warning for a 404, JSON in /var/log/kiln/web.log) and a journal line.
+            wait_http_ok(host, "/readyz", timeout=120)
+            sh(
+                host,
+                f"curl -sk -o /dev/null https://127.0.0.1/kiln-logship-{mark} && logger -t kiln-probe journal-{mark}",
+            )
+            evidence = lambda: host.run(f"cat -v {d}/got; journalctl -u rsyslog --no-pager -n 20").stdout  # noqa: E731
+            wait_in_guest(
+                host,
+                f"grep -q kiln-logship-{mark} {d}/got && grep -q journal-{mark} {d}/got",
+                60,
+                "both lines at the receiver",
+                evidence=evidence,
+            )
+            got = out(host, f"cat {d}/got")
+            frames = octet_counted(got.encode())
+            assert frames is not None, f"the stream is not octet-counted frames (RFC 5425):\n{got}"
+            app = [f for f in frames if f"kiln-logship-{mark}" in f]
+            assert app and re.match(r"<\d+>1 \S+ \S+ web \S+ - - \{", app[0]), f"the app's line, RFC 5424:\n{frames}"
+            assert any(re.match(rf"<\d+>1 \S+ \S+ kiln-probe \S+ - - journal-{mark}$", f) for f in frames), frames
+        finally:
+            host.run(f"kill $(cat {d}/pid); rm -rf {d}")
     # Removed again: rsyslog stopped and disabled, its config gone.
     assert host.run(off).rc == 0, host.run("systemctl status rsyslog syslog.socket").stdout
     assert not host.file("/etc/rsyslog.d/kiln-remote.conf").exists

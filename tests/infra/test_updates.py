@@ -7,17 +7,17 @@ Disruptive (both Redis instances restart, the first-boot config is re-run): the 
 
 from __future__ import annotations
 
-import shlex
-
 import pytest
 
 from kilnlib import (
     ENV_FILE,
+    OVERRIDES,
     REBOOT_PENDING,
     app_processes,
     http,
     main_pid,
     out,
+    overrides_restored,
     redis_cli,
     sh,
     unit_evidence,
@@ -27,7 +27,6 @@ from kilnlib import (
 )
 
 REDIS_UNITS = ("redis-server@cache.service", "redis-server@queue.service")
-OVERRIDES = "/etc/kiln/overrides.env"
 AUTO_REBOOT = "/etc/apt/apt.conf.d/52kiln-auto-reboot"
 
 
@@ -101,15 +100,8 @@ def test_a_pending_reboot_is_shown_at_login_and_by_the_status_check(host):
 def overrides(host):
     """The operator's overrides as they were; restored (and the first-boot config re-applied) after the module's last
     test that changed them: one reconfigure, a restart of the stack (~35-55 s under TCG), for all of them."""
-    saved = out(host, f"cat {OVERRIDES} 2>/dev/null || true")
-    had = host.file(OVERRIDES).exists
-    yield
-    if had:
-        sh(host, f"printf '%s\\n' {shlex.quote(saved)} >{OVERRIDES}")
-    else:
-        sh(host, f"rm -f {OVERRIDES}")
-    sh(host, "kiln-firstboot --reconfigure", timeout=600)
-    wait_http_ok(host, "/readyz", timeout=120)
+    with overrides_restored(host, always=True):
+        yield
 
 
 def _apt_reboot_settings(host) -> str:

@@ -517,3 +517,13 @@ def overrides_restored(host, always: bool = False) -> Iterator[None]:
         if always or out(host, unstamped) != env_before:
             sh(host, "kiln-firstboot --reconfigure", timeout=600)
             wait_http_ok(host, "/readyz", timeout=120)
+
+
+def prom_samples(text: str) -> dict[str, float]:
+    """{'name{labels}': value} of a Prometheus text-format exposition (a scrape, or one of Kiln's textfiles)."""
+    seen = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            seen[key] = float(value)
+    return seen

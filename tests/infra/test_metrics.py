@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from kilnlib import all_running, app_python, out, sh, supervisor_text, wait_for, worker_names
+from kilnlib import all_running, app_python, out, prom_samples, sh, supervisor_text, wait_for, worker_names
 
 COMMON = "/usr/local/lib/kiln/lib/common.sh"
 APP_ENV = "/srv/kiln/current/kiln-app.env"
@@ -30,20 +30,11 @@ def metrics(host) -> dict[str, str]:
 
 
 def scrape(host, metrics) -> dict[str, float]:
-    text = out(host, f"curl -sS --max-time 10 http://{metrics['listen']}/metrics")
-    seen = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            seen[key] = float(value)
-    return seen
+    return prom_samples(out(host, f"curl -sS --max-time 10 http://{metrics['listen']}/metrics"))
 
 
 def textfile(host, path: str) -> dict[str, float]:
-    return {
-        key: float(value)
-        for key, value in (ln.rsplit(" ", 1) for ln in out(host, f"cat {path}").splitlines() if not ln.startswith("#"))
-    }
+    return prom_samples(out(host, f"cat {path}"))
 
 
 def app_queues(host) -> list[str]:

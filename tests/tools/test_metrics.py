@@ -49,14 +49,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def samples(text: str) -> dict[str, float]:
-    """{'name{labels}': value} of a text-format exposition."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
+# the infra suite's parser of the text format (one for both: the scrapes there, the files here)
+samples = load("kilnlib", ROOT / "tests" / "infra" / "kilnlib.py").prom_samples
 
 
 def collect(tmp_path: Path, env: Path, app: Path) -> subprocess.CompletedProcess:

@@ -119,14 +119,17 @@ stack_packages() {
   } | LC_ALL=C sort -u
 }
 
-# The app contract's reader: beside this file on a server (/usr/local/lib/kiln), else in the provision/ tree.
-kiln_app_py() {
+# kiln_lib_file NAME: one of Kiln's library files (kiln_app.py, kiln_metrics.py): beside this file on a server
+# (/usr/local/lib/kiln), else in the provision/ tree.
+kiln_lib_file() {
   local f
-  for f in "$KILN_PROVISION_DIR/kiln_app.py" "$KILN_FILES/usr/local/lib/kiln/kiln_app.py"; do
+  for f in "$KILN_PROVISION_DIR/$1" "$KILN_FILES/usr/local/lib/kiln/$1"; do
     if [ -f "$f" ]; then echo "$f"; return 0; fi
   done
-  die "no kiln_app.py in $KILN_PROVISION_DIR or $KILN_FILES/usr/local/lib/kiln"
+  die "no $1 in $KILN_PROVISION_DIR or $KILN_FILES/usr/local/lib/kiln"
 }
+# The app contract's reader.
+kiln_app_py() { kiln_lib_file kiln_app.py; }
 # app_contract_list APP_DIR KEY: a list of the app's resolved contract (KEY as in kiln-app.env: PACKAGES,
 # BUILD_PACKAGES, RELEASE, ...), one item a line. A contract with problems stops the caller, naming them.
 app_contract_list() {

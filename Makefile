@@ -24,7 +24,7 @@ stage = @printf '\n==> %s  [%s]\n' '$(1)' "$$(date -u +%T)"; t0=$$(date +%s); { 
 .PHONY: help
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  Variables: DISTRO=$(DISTRO) (debian-13 | ubuntu-24.04), APP=$(APP) (the folder with manage.py), VENV=$(VENV)"
+	@echo "  Variables: DISTRO=$(DISTRO) (debian-13 | ubuntu-24.04), APP=$(APP) (the folder with manage.py), VENV=$(VENV), NAME= (make release: the release's name)"
 
 .PHONY: deps
 deps: $(VENV)/.installed ## Install host packages and the virtualenv the tests need
@@ -59,6 +59,10 @@ app-check: ## Check the app's contract ([tool.kiln] in APP/pyproject.toml) for D
 # it again, for a build started without make).
 image: app-check ## Build the VPS qcow2 + Vagrant box + manifest of APP into build/$(DISTRO)/ (installs packer, qemu, ...)
 	$(call stage,image $(DISTRO) $(APP),APP_DIR=$(abspath $(APP)) packer/scripts/build.sh)
+
+.PHONY: release
+release: app-check ## A release artifact of APP for DISTRO (the app + its wheelhouse) into build/release/: `kiln deploy FILE` installs it offline
+	$(call stage,release $(DISTRO) $(APP),packer/scripts/make-release.sh $(DISTRO) $(APP) build/release $(NAME))
 
 .PHONY: image-check
 image-check: ## Image hygiene (DigitalOcean rules, stricter), then two boots with QEMU: a Hetzner server (metadata API), a 1 GB NoCloud VPS

@@ -45,16 +45,23 @@ builder_pkgs=(python3-venv ca-certificates "${PKG_BUILD_DEPS[@]}" "${KILN_APP_BU
 self=$(sha256sum "$0" | cut -c1-64)
 bkey=$(printf "%s %s %s %s\n" "$suite" "$mirror" "$components" "${builder_pkgs[*]}" | sha256sum | cut -c1-16)
 wkey=$(printf "%s %s %s\n" "$self" "$bkey" "$(sha256sum "$lock" | cut -c1-64)" | sha256sum | cut -c1-64)
+# One build of a wheelhouse (and of a builder root) at a time: make test builds the image's beside the nspawn tier's
+# release artifacts, which share the builder root and, for the same lock, the wheelhouse.
+mkdir -p "$cache" "$(dirname "$out")"
+exec 8>"$out.lock"
+flock 8 || { echo "build-wheelhouse: cannot lock $out.lock" >&2; exit 1; }
 if [ -z "${FORCE:-}" ] && [ "$(cat "$out/.inputs" 2>/dev/null)" = "$wkey" ] && [ -s "$out/requirements.txt" ]; then
   echo "build-wheelhouse: cached $out ($(find "$out" -name '*.whl' | wc -l) wheels, inputs ${wkey:0:12})"
   exit 0
 fi
 
 builder=$cache/$distro-wheel-builder-$bkey
+exec 7>"$builder.lock"
+flock 7 || { echo "build-wheelhouse: cannot lock $builder.lock" >&2; exit 1; }
 if [ ! -x "$builder/usr/bin/python3" ]; then
   t0=$(date +%s)
   echo "build-wheelhouse: builder root $suite (${builder_pkgs[*]}) ..."
-  rm -rf "$builder" "$builder.tmp"; mkdir -p "$cache"
+  rm -rf "$builder" "$builder.tmp"
   env -u PIP_FIND_LINKS mmdebstrap --variant=minbase --components="$components" --keyring="$keyring" \
     --include="$(IFS=,; echo "${builder_pkgs[*]}")" --aptopt='Acquire::Languages "none"' \
     --hook-dir=/usr/share/mmdebstrap/hooks/eatmydata \
@@ -64,6 +71,7 @@ if [ ! -x "$builder/usr/bin/python3" ]; then
   mv "$builder.tmp" "$builder"
   echo "build-wheelhouse: builder root done in $(( $(date +%s) - t0 ))s"
 fi
+exec 7>&-   # built: others may use it (each run is a throw-away overlay of it)
 
 in_builder() { # in_builder NSPAWN-ARGS... CMD...: run CMD in a throw-away overlay of the builder (never modified)
   systemd-nspawn -q -D "$builder" -M kiln-wheels --register=no --keep-unit --volatile=overlay --timezone=off \

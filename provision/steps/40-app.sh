@@ -20,6 +20,8 @@ put usr/local/lib/kiln/kiln_ready.py 0755 || true
 ensure_symlink ../lib/kiln/kiln_ready.py /usr/local/bin/kiln-ready || true
 # Kiln's Prometheus textfiles: kiln-release records each deploy's result with it (step 78 serves them).
 put usr/local/lib/kiln/kiln_metrics.py 0644 || true
+# Release artifacts (make release): kiln-release checks and unpacks them with it.
+put usr/local/lib/kiln/kiln_artifact.py 0644 || true
 
 # What kiln-release needs to deploy from a git URL.
 apt_install "${PKG_DEPLOY[@]}"

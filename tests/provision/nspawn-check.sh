@@ -635,11 +635,57 @@ if [ "${KILN_NSPAWN_SECOND_APP:-1}" != 0 ]; then
   check "git deploy: an unknown ref stops the deploy (exit $rc), naming it; nothing built, current unchanged" bash -c \
     "[ $rc = 1 ] && grep -q 'cannot fetch no-such-ref of file://$git_repo' '$WORK/deploy-git-bad.log' && [ \"\$(cx readlink /srv/kiln/current)\" = releases/v2-${v2:0:12} ] && ! compgen -G '$ROOT/srv/kiln/releases/no-such-ref*' && ! compgen -G '$ROOT/var/tmp/kiln-release-git.*'"
   APP2_TOTAL=$(( $(date +%s) - t_app2 ))
+
+  # -------------------------------------------------------------- 8. a release artifact, deployed offline
+  say "a release artifact (make release) of the reference app, changed, deployed offline: kiln deploy FILE"
+  t0=$(date +%s)
+  token=artifact-$COMMIT
+  { rm -rf "$WORK/artsrc" && cp -a "$REPO/app" "$WORK/artsrc"; } || fatal "cannot copy the reference app"
+  sed -i "s/return JsonResponse({\"ok\": True})\$/return JsonResponse({\"ok\": True, \"deploy_test\": \"$token\"})/" \
+    "$WORK/artsrc/kiln/health.py"
+  grep -q "$token" "$WORK/artsrc/kiln/health.py" || fatal "cannot change the copy's /healthz"
+  art=$("$REPO/packer/scripts/make-release.sh" debian-13 "$WORK/artsrc" "$WORK/release" 2>"$WORK/make-release.log") \
+    || { sed 's/^/  | /' "$WORK/make-release.log"; fatal "make-release.sh failed"; }
+  ART_SECS=$(( $(date +%s) - t0 ))
+  sed 's/^/  | /' "$WORK/make-release.log"
+  art_name=$(basename "$art" .kiln.tar); art_name=${art_name#kiln-reference-app-}
+  { cp "$art" "$ROOT/var/tmp/" && cp "$art" "$ROOT/var/tmp/damaged.kiln.tar"; } || fatal "cannot copy the artifact into the container"
+  # One byte changed inside the biggest member (a wheel's or the bytecode's data, never a tar header).
+  off=$(python3 -c 'import sys, tarfile; t = tarfile.open(sys.argv[1]); m = max(t.getmembers(), key=lambda m: m.size); print(m.offset_data + m.size // 2)' "$art")
+  printf 'X' | dd of="$ROOT/var/tmp/damaged.kiln.tar" bs=1 seek="$off" conv=notrunc status=none
+  # No release of the reference app's lock left to link a venv from (the image's went to the second app): the
+  # artifact's wheels are what gets installed.
+  cx kiln-release prune 1 >"$WORK/prune.log" 2>&1 || { sed 's/^/  | /' "$WORK/prune.log"; fatal "kiln-release prune 1 failed"; }
+  check "prune 1 removed the reference app's release $VERSION (kept: current and previous)" bash -c \
+    "[ ! -e '$ROOT/srv/kiln/releases/$VERSION' ] && [ -e '$ROOT/srv/kiln/releases/$VERSION-second' ] && [ \"\$(cx readlink /srv/kiln/current)\" = releases/v2-${v2:0:12} ]"
+  # Offline: every HTTP(S) fetch (pip, apt, curl) goes to a dead proxy on port 9; only loopback names pass.
+  offline=(env http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9
+           HTTPS_PROXY=http://127.0.0.1:9 'no_proxy=localhost,127.0.0.1' 'NO_PROXY=localhost,127.0.0.1')
+  rc=0; cx "${offline[@]}" kiln deploy /var/tmp/damaged.kiln.tar >"$WORK/deploy-damaged.log" 2>&1 || rc=$?
+  check "artifact: a damaged copy is refused (exit $rc), the member named; nothing built, current unchanged, no scratch left" bash -c \
+    "[ $rc = 1 ] && grep -q 'differs from its manifest' '$WORK/deploy-damaged.log' && [ \"\$(cx readlink /srv/kiln/current)\" = releases/v2-${v2:0:12} ] && ! compgen -G '$ROOT/srv/kiln/releases/$art_name' && ! compgen -G '$ROOT/var/tmp/kiln-release-artifact.*'"
+  grep 'kiln_artifact' "$WORK/deploy-damaged.log" | sed 's/^/  | /'
+  t0=$(date +%s)
+  cx "${offline[@]}" kiln deploy "/var/tmp/$(basename "$art")" >"$WORK/deploy-artifact.log" 2>&1 \
+    || { sed 's/^/  | /' "$WORK/deploy-artifact.log"; fatal "kiln deploy of the artifact failed"; }
+  ART_DEPLOY_SECS=$(( $(date +%s) - t0 ))
+  grep 'kiln-release: ' "$WORK/deploy-artifact.log" | sed 's/^/  | /'
+  check "artifact: current -> releases/$art_name (the name make release gave it)" test "$(cx readlink /srv/kiln/current)" = "releases/$art_name"
+  check "artifact: its wheels installed offline from the artifact (pip --no-index), no venv linked" bash -c \
+    "grep -q 'installing [0-9]* wheels offline from /var/tmp/kiln-release-artifact' '$WORK/deploy-artifact.log' && ! grep -q 'linked, not installed again' '$WORK/deploy-artifact.log'"
+  check "artifact: the release records its origin (ARTIFACT=$(basename "$art") sha256:$(sha256sum "$art" | cut -c1-12)...)" \
+    cx grep -q "^ARTIFACT=$(basename "$art") sha256:$(sha256sum "$art" | cut -c1-64)" /srv/kiln/current/.kiln-release
+  check "artifact: the changed app serves (/healthz says $token)" bash -c \
+    "curl -s --max-time 5 http://127.0.0.1/healthz | grep -q '\"deploy_test\": *\"$token\"'"
+  load_contract
+  check "artifact: $KILN_APP_HEALTH 200 on the new release (database, both Redis, through nginx)" test "$(http_code "$(health_url)")" = 200
+  check "artifact: the unpacked scratch is gone from /var/tmp" cx bash -c '! compgen -G "/var/tmp/kiln-release-artifact.*"'
 fi
 
 say "summary"
 echo "  install.sh (first run, $MODE): ${INSTALL_SECS}s; second run: ${SECOND_SECS}s"
 [ -z "${APP2_SECS:-}" ] || echo "  second app: install.sh ${APP2_SECS}s; its phase in all ${APP2_TOTAL}s"
+[ -z "${ART_SECS:-}" ] || echo "  release artifact: make-release.sh ${ART_SECS}s, kiln deploy of it (offline) ${ART_DEPLOY_SECS}s"
 echo "  boot -> first GET $REF_HEALTH 200: first boot ${FIRSTBOOT_SECS:-none}s (migrates)${REBOOT_SECS:+, reboot ${REBOOT_SECS}s}${FRESH_SECS:+, fresh instance after cleanup.sh ${FRESH_SECS}s (baked schema)}"
 if [ "$FAILS" -gt 0 ]; then echo "  $FAILS check(s) FAILED"; exit 1; fi
 echo "  all checks passed in $(( $(date +%s) - T_START ))s"

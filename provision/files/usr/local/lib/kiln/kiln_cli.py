@@ -622,7 +622,7 @@ COMMANDS = [
     Command(
         "deploy",
         "SRC [VERSION]",
-        "build a release of the app (a directory, or a git URL#REF) and switch to it (kiln-release deploy)",
+        "build a release (from a make release artifact, a directory or a git URL#REF), switch to it (kiln-release)",
         1,
         2,
     ),

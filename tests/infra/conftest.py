@@ -119,6 +119,10 @@ def pytest_runtest_logstart(nodeid, location):
 
 
 def pytest_terminal_summary(terminalreporter):
+    import kilnlib  # (beside this file; imported here, after the suites put it on the path)
+
+    for text in kilnlib.FIGURES:
+        terminalreporter.write_line(f"kiln figure: {text}")
     if not COMMANDS:
         return
     n = sum(int(c) for c, _ in COMMANDS.values())

@@ -68,6 +68,17 @@ FIRSTBOOT_UNITS = [u.removesuffix(".service") for u in KILN_CLI.FIRSTBOOT_UNITS]
 REBOOT_PENDING = "bash -c '. /usr/local/lib/kiln/lib/common.sh && reboot_pending'"
 
 
+# The figures a run measured that a closing note or the README quotes (a load loop's counts, a backup's time):
+# printed where they are measured and again together at the end of the run (conftest's terminal summary), where a
+# passing test's own output does not reach.
+FIGURES: list[str] = []
+
+
+def figure(text: str) -> None:
+    FIGURES.append(text)
+    print(text)
+
+
 def sh(host, cmd: str, ok=(0,), timeout: int | None = None):
     """Run `cmd` on the target (through sh -c; root when the host is opened with sudo). Fails with what it saw."""
     if timeout:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from kilnlib import ENV_FILE, app_python, out, sh, ssh_target, wait_http_ok
+from kilnlib import ENV_FILE, app_python, figure, out, sh, ssh_target, wait_http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "kiln-backup-test"
@@ -140,9 +140,8 @@ def s3(host, request):
         host.run(f"rm -f {SSHD_DROPIN} {TEST_ENV} && systemctl reload ssh; rm -rf /var/cache/kiln/restic")
         # the status files as a server without backup settings has them
         host.run("rm -f /var/lib/kiln/status/restore-test.json && systemctl start kiln-backup.service")
-        rep = request.config.pluginmanager.get_plugin("terminalreporter")
-        if rep and TIMINGS:
-            rep.write_line("kiln backup timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items()))
+        if TIMINGS:
+            figure("backup timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items()))
 
 
 def timed(host, what: str, cmd: str, ok=(0,)):

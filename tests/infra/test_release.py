@@ -22,6 +22,7 @@ import test_jobs as jobs
 from kilnlib import (
     SOCKET,
     all_running,
+    figure,
     http,
     out,
     sh,
@@ -154,7 +155,7 @@ def load_loop(host, label: str):
         sh(host, f"touch {run}.stop")
         wait_in_guest(host, f"[ -s {run}.json ]", 120, f"the load loop's counts ({run}.json)")
         counts.update(json.loads(out(host, f"cat {run}.json")))
-        print(
+        figure(
             f"load loop during {label}: {counts['requests']} requests in {counts['seconds']} s "
             f"({counts['by_target']}), {counts['non_2xx']} non-2xx, {counts['errors']} connection errors; "
             f"versions of /healthz seen: {counts['versions']}"

@@ -68,6 +68,12 @@ if [ ! -x "$builder/usr/bin/python3" ]; then
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
     "$suite" "$builder.tmp" "deb $mirror $suite ${components//,/ }" >"$cache/$distro-wheel-builder.log" 2>&1 || {
       tail -30 "$cache/$distro-wheel-builder.log" >&2; rm -rf "$builder.tmp"; exit 1; }
+  # mmdebstrap (root mode) can fail to unmount the chroot's /proc ("W: umount /proc failed": target is busy, seen on
+  # this host) and still succeed: detach what it left, or the cached builder root carries a live /proc (a copy or an
+  # rm -rf of it then walks the host's processes).
+  findmnt -n -r -o TARGET | awk -v root="$builder.tmp/" 'index($0, root) == 1' | sort -r | while read -r m; do
+    umount -l "$m" || { echo "build-wheelhouse: cannot unmount $m (left mounted by mmdebstrap)" >&2; exit 1; }
+  done
   mv "$builder.tmp" "$builder"
   echo "build-wheelhouse: builder root done in $(( $(date +%s) - t0 ))s"
 fi

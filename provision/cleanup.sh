@@ -54,7 +54,7 @@ find /var/lib/redis/cache /var/lib/redis/queue -mindepth 1 -delete 2>/dev/null |
 # key pairs; it makes new ones at the next start. (MariaDB writes neither.)
 rm -f /var/lib/mysql/auto.cnf /var/lib/mysql/*.pem
 
-step "remove per-instance secrets, env, sizing, swap, TLS, first-boot marker, uploaded media, app logs"
+step "remove per-instance secrets, env, sizing, swap, TLS, first-boot marker, uploaded media, metrics, app logs"
 rm -f /etc/kiln/secrets.env /etc/kiln/kiln.env /etc/kiln/overrides.env /var/lib/kiln/firstboot.done \
   /var/lib/kiln/provision.pending
 rm -f /etc/redis/kiln-cache.auth.conf /etc/redis/kiln-queue.auth.conf
@@ -65,6 +65,11 @@ rm -f "$KILN_SWAPFILE"
 sed -i "\\#^$KILN_SWAPFILE #d" /etc/fstab || die "cannot remove $KILN_SWAPFILE from /etc/fstab"
 find /etc/kiln/tls -mindepth 1 -delete 2>/dev/null || true
 find /srv/kiln/shared/media -mindepth 1 -delete 2>/dev/null || true
+# The build VM's queue depths are not the instance's (kiln-metrics-rq.timer writes its own within a minute of boot);
+# kiln_deploy.prom stays: the image's release was deployed at build time, and a scrape names it from the first boot.
+# (its timer stopped first, in this boot only: a run after the removal would write the file again.)
+if booted; then systemctl stop kiln-metrics-rq.timer kiln-metrics-rq.service 2>/dev/null || true; fi
+rm -f "$KILN_METRICS_DIR/kiln_rq.prom"
 
 step "machine-id, SSH host keys, shell histories, root's SSH keys"
 truncate -s 0 /etc/machine-id

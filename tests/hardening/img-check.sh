@@ -128,8 +128,10 @@ if [ -f "$R/var/lib/dbus/machine-id" ] && [ ! -L "$R/var/lib/dbus/machine-id" ] 
 for k in "$R"/etc/ssh/ssh_host_*; do [ -e "$k" ] && f+=("SSH host key ${k#"$R"}"); done
 [ -e "$R/var/lib/systemd/random-seed" ] && f+=("/var/lib/systemd/random-seed present (shared entropy)")
 for s in "$R/etc/kiln/secrets.env" "$R/etc/kiln/kiln.env" "$R/var/lib/kiln/firstboot.done" "$R/swapfile.kiln" \
-         "$R"/etc/mysql/*/91-kiln-sizing.cnf; do [ -e "$s" ] && f+=("Kiln per-instance file ${s#"$R"}"); done
-check "no per-instance identity: machine-id, host keys, random seed, Kiln secrets" "${f[@]}"
+         "$R"/etc/mysql/*/91-kiln-sizing.cnf "$R/var/lib/kiln-metrics/kiln_rq.prom"; do
+  [ -e "$s" ] && f+=("Kiln per-instance file ${s#"$R"}")
+done
+check "no per-instance identity: machine-id, host keys, random seed, Kiln secrets, the build's queue metrics" "${f[@]}"
 
 # 6. build CA: no extra certificates, and none of the build host's extra CAs in the trust bundle
 f=()

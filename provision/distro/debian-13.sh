@@ -35,6 +35,9 @@ PKG_BACKUP=(restic)
 PKG_METRICS=(prometheus-node-exporter)
 # git: kiln-release deploys an app from a git URL too (a shallow fetch of one ref)
 PKG_DEPLOY=(git)
+# kiln-letsencrypt (kiln tls): certbot (its certbot.timer renews) and dig, which asks DNS itself for the pre-check
+# (getent would read /etc/hosts first)
+PKG_TLS=(certbot bind9-dnsutils)
 DB_DUMP=mariadb-dump
 DB_SERVER_BIN=/usr/sbin/mariadbd
 DB_INSTALL_DB=mariadb-install-db

@@ -5,6 +5,8 @@ set -euo pipefail
 . "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
 
 apt_install "${PKG_WEB[@]}"
+# kiln-letsencrypt's certbot and dig: renewal by certbot.timer from the first certificate on
+apt_install "${PKG_TLS[@]}"
 reload=0
 for f in etc/nginx/conf.d/kiln.conf etc/nginx/snippets/kiln-headers.conf etc/nginx/snippets/kiln-headers-https.conf \
          etc/nginx/snippets/kiln-tls.conf etc/nginx/snippets/kiln-proxy.conf etc/nginx/snippets/kiln-page-cache.conf \

@@ -665,14 +665,28 @@ if [ "${KILN_NSPAWN_SECOND_APP:-1}" != 0 ]; then
   check "artifact: a damaged copy is refused (exit $rc), the member named; nothing built, current unchanged, no scratch left" bash -c \
     "[ $rc = 1 ] && grep -q 'differs from its manifest' '$WORK/deploy-damaged.log' && [ \"\$(cx readlink /srv/kiln/current)\" = releases/v2-${v2:0:12} ] && ! compgen -G '$ROOT/srv/kiln/releases/$art_name' && ! compgen -G '$ROOT/var/tmp/kiln-release-artifact.*'"
   grep 'kiln_artifact' "$WORK/deploy-damaged.log" | sed 's/^/  | /'
+  # Backups on for these deploys (kiln-backup's test hook KILN_BACKUP_ENV_FILE: the instance env plus a local
+  # repository), first a repository made with another password: the pre-deploy backup fails and stops the deploy.
+  bk=/root/kiln-backup-test.env repo=/var/backups/kiln-deploy-test
+  cx bash -c "cp /etc/kiln/kiln.env $bk && chmod 0600 $bk && printf 'KILN_BACKUP_REPOSITORY=$repo\nKILN_BACKUP_PASSWORD=nspawn-deploy-test\n' >>$bk && rm -rf $repo $repo-2 && RESTIC_PASSWORD=another-password restic init --repo $repo >/dev/null" \
+    || fatal "cannot set up the backup settings for the deploys"
+  offline+=("KILN_BACKUP_ENV_FILE=$bk")
+  rc=0; cx "${offline[@]}" kiln deploy "/var/tmp/$(basename "$art")" >"$WORK/deploy-artifact-nobackup.log" 2>&1 || rc=$?
+  grep -e 'kiln-release: ' -e 'kiln-backup: ' "$WORK/deploy-artifact-nobackup.log" | sed 's/^/  | /'
+  check "artifact: a failing pre-deploy backup stops the deploy (exit $rc) after the build, before the release commands; current unchanged" bash -c \
+    "[ $rc = 1 ] && grep -q 'the pre-deploy backup failed' '$WORK/deploy-artifact-nobackup.log' && grep -q 'wrong password' '$WORK/deploy-artifact-nobackup.log' && ! grep -q 'release command with' '$WORK/deploy-artifact-nobackup.log' && [ \"\$(cx readlink /srv/kiln/current)\" = releases/v2-${v2:0:12} ]"
+  check "artifact: its wheels installed offline from the artifact (pip --no-index), no venv linked" bash -c \
+    "grep -q 'installing [0-9]* wheels offline from /var/tmp/kiln-release-artifact' '$WORK/deploy-artifact-nobackup.log' && ! grep -q 'linked, not installed again' '$WORK/deploy-artifact-nobackup.log'"
+  cx sed -i "s|^KILN_BACKUP_REPOSITORY=.*|KILN_BACKUP_REPOSITORY=$repo-2|" "$bk"   # a new one: made by the backup
   t0=$(date +%s)
   cx "${offline[@]}" kiln deploy "/var/tmp/$(basename "$art")" >"$WORK/deploy-artifact.log" 2>&1 \
     || { sed 's/^/  | /' "$WORK/deploy-artifact.log"; fatal "kiln deploy of the artifact failed"; }
   ART_DEPLOY_SECS=$(( $(date +%s) - t0 ))
-  grep 'kiln-release: ' "$WORK/deploy-artifact.log" | sed 's/^/  | /'
-  check "artifact: current -> releases/$art_name (the name make release gave it)" test "$(cx readlink /srv/kiln/current)" = "releases/$art_name"
-  check "artifact: its wheels installed offline from the artifact (pip --no-index), no venv linked" bash -c \
-    "grep -q 'installing [0-9]* wheels offline from /var/tmp/kiln-release-artifact' '$WORK/deploy-artifact.log' && ! grep -q 'linked, not installed again' '$WORK/deploy-artifact.log'"
+  grep -e 'kiln-release: ' -e 'kiln-backup: ' "$WORK/deploy-artifact.log" | sed 's/^/  | /'
+  check "artifact: current -> releases/$art_name (the name make release gave it; built once, reused)" bash -c \
+    "[ \"\$(cx readlink /srv/kiln/current)\" = releases/$art_name ] && grep -q 'release $art_name already built (same source)' '$WORK/deploy-artifact.log'"
+  check "artifact: the pre-deploy backup ran before the release commands and left a snapshot in the repository" bash -c \
+    "grep -n -e 'pre-deploy backup before' -e 'release command with' '$WORK/deploy-artifact.log' | head -1 | grep -q 'pre-deploy backup' && cx env KILN_BACKUP_ENV_FILE=$bk kiln-backup snapshots | grep -q kiln-backup"
   check "artifact: the release records its origin (ARTIFACT=$(basename "$art") sha256:$(sha256sum "$art" | cut -c1-12)...)" \
     cx grep -q "^ARTIFACT=$(basename "$art") sha256:$(sha256sum "$art" | cut -c1-64)" /srv/kiln/current/.kiln-release
   check "artifact: the changed app serves (/healthz says $token)" bash -c \

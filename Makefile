@@ -39,7 +39,7 @@ $(VENV)/.installed: app/requirements.txt app/requirements-dev.txt
 .PHONY: lint
 lint: deps ## ruff on Python, shellcheck on shell, packer fmt/validate
 	$(call stage,ruff,$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .)
-	$(call stage,shellcheck,git ls-files -z -- '*.sh' .ci/run 'provision/files/usr/local/*bin/*' | xargs -0 shellcheck)
+	$(call stage,shellcheck,git ls-files -z -- '*.sh' .ci/run 'provision/files/usr/local/*bin/*' 'provision/files/usr/local/lib/kiln/kiln-*' | xargs -0 shellcheck)
 	$(call stage,packer fmt+validate,packer/scripts/lint.sh)
 
 .PHONY: test-app

@@ -5,14 +5,17 @@ set -euo pipefail
 . "$KILN_PROVISION_DIR/lib/common.sh"; load_distro
 
 apt_install "${PKG_WEB[@]}"
-if put usr/local/bin/kiln-reap-group 0755; then need_restart kiln-web; need_restart kiln-worker; fi
-if put usr/local/bin/kiln-gunicorn 0755; then need_restart kiln-web; fi
+if put usr/local/lib/kiln/kiln-reap-group 0755; then need_restart kiln-web; need_restart kiln-worker; fi
+if put usr/local/lib/kiln/kiln-gunicorn 0755; then need_restart kiln-web; fi
 if put usr/local/lib/kiln/gunicorn.conf.py; then need_restart kiln-web; fi
-if put usr/local/bin/kiln-rqworker 0755; then need_restart kiln-worker; fi
+if put usr/local/lib/kiln/kiln-rqworker 0755; then need_restart kiln-worker; fi
 # kiln-workers.conf, the worker groups' programs, is the app's: kiln-release renders it from the contract (step 40).
 # kiln-web and kiln-web-next, their timeouts from lib/common.sh (render_vars).
 conf=$(render_vars "$KILN_FILES/etc/supervisor/conf.d/kiln.conf")
 if printf '%s\n' "$conf" | write_file /etc/supervisor/conf.d/kiln.conf 0644 root:root; then need_reload supervisor; fi
+# The helpers above lived in /usr/local/bin on servers provisioned by an earlier Kiln: internal, not commands (the
+# operator's are in /usr/local/sbin: kiln and the kiln-* it runs), they are in the library directory now.
+for old in kiln-reap-group kiln-gunicorn kiln-rqworker; do remove_path "/usr/local/bin/$old"; done
 if put etc/systemd/system/supervisor.service.d/kiln.conf; then need_restart daemon-reload; fi
 if put etc/systemd/system/kiln-stop-app-first.service; then need_restart daemon-reload; fi
 svc_enable supervisor.service || true

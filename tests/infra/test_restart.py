@@ -149,7 +149,7 @@ def test_gunicorn_waits_while_first_boots_config_stage_is_pending(host, restart_
         readyz = http(host, "/readyz", scheme="http")
         log = tail(host, WEB_LOG, 5)
         print(f"config pending: kiln-web {prog.state} pid {prog.pid}: {cmdline}; GET /readyz -> {readyz.status}")
-        assert "/usr/local/bin/kiln-gunicorn" in cmdline and "/venv/bin/gunicorn" not in cmdline, (
+        assert "/usr/local/lib/kiln/kiln-gunicorn" in cmdline and "/venv/bin/gunicorn" not in cmdline, (
             f"kiln-web runs gunicorn while first boot's config stage is pending: {cmdline}\n{log}"
         )
         assert readyz.status != 200, f"/readyz 200 while the config stage is pending\n{log}"

@@ -60,7 +60,7 @@ def test_reference_app_renders_what_kiln_ran_before_the_contract(tmp_path):
     conf = supervisor(files["supervisor/kiln-workers.conf"])
     assert conf["group:kiln-worker"]["programs"] == "kiln-worker-default"
     program = conf["program:kiln-worker-default"]
-    assert program["command"] == "/usr/local/bin/kiln-rqworker default %(process_num)d"
+    assert program["command"] == "/usr/local/lib/kiln/kiln-rqworker default %(process_num)d"
     assert (program["numprocs"], program["user"], program["stopsignal"], program["stopwaitsecs"]) == (
         "2",
         "kiln",
@@ -92,8 +92,8 @@ def test_contract_with_two_groups_and_a_timer_renders_two_programs_and_a_timer(t
         (conf[f"program:kiln-worker-{g}"]["command"], conf[f"program:kiln-worker-{g}"]["numprocs"])
         for g in ("fast", "slow")
     ] == [
-        ("/usr/local/bin/kiln-rqworker fast %(process_num)d", "2"),
-        ("/usr/local/bin/kiln-rqworker slow %(process_num)d", "1"),
+        ("/usr/local/lib/kiln/kiln-rqworker fast %(process_num)d", "2"),
+        ("/usr/local/lib/kiln/kiln-rqworker slow %(process_num)d", "1"),
     ]
     service = unit(files["systemd/kiln-app-sessions.service"])["Service"]
     assert (service["Type"], service["User"], service["Group"]) == ("oneshot", "kiln", "kiln")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = ROOT / "provision" / "files" / "usr" / "local" / "lib" / "kiln" / "gunicorn.conf.py"
-GUNICORN = ROOT / "provision" / "files" / "usr" / "local" / "bin" / "kiln-gunicorn"
+GUNICORN = ROOT / "provision" / "files" / "usr" / "local" / "lib" / "kiln" / "kiln-gunicorn"
 
 # An app that queries its database while it is imported (in its urls or AppConfig.ready(), as apps do).
 APP = """

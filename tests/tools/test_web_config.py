@@ -13,7 +13,7 @@ from test_app_render import render, unit
 
 COMMON = ROOT / "provision" / "lib" / "common.sh"
 SUPERVISOR_CONF = ROOT / "provision" / "files" / "etc" / "supervisor" / "conf.d" / "kiln.conf"
-GUNICORN = ROOT / "provision" / "files" / "usr" / "local" / "bin" / "kiln-gunicorn"
+GUNICORN = ROOT / "provision" / "files" / "usr" / "local" / "lib" / "kiln" / "kiln-gunicorn"
 NGINX_CONF = ROOT / "provision" / "files" / "etc" / "nginx" / "conf.d" / "kiln.conf"
 
 
@@ -50,11 +50,11 @@ def test_supervisor_waits_for_gunicorns_graceful_timeout_from_common_sh():
     # the deploy's bridge: started and watched by kiln-release only
     nxt = conf["program:kiln-web-next"]
     assert (nxt["command"], nxt["autostart"], nxt["autorestart"]) == (
-        "/usr/local/bin/kiln-gunicorn next",
+        "/usr/local/lib/kiln/kiln-gunicorn next",
         "false",
         "false",
     )
-    assert conf["program:kiln-web"]["command"] == "/usr/local/bin/kiln-gunicorn"
+    assert conf["program:kiln-web"]["command"] == "/usr/local/lib/kiln/kiln-gunicorn"
     assert conf["program:kiln-web"]["autostart"] == "true"
 
 

@@ -1,4 +1,4 @@
-"""Gunicorn server hooks for kiln-web (/usr/local/bin/kiln-gunicorn passes this file with --config).
+"""Gunicorn server hooks for kiln-web (/usr/local/lib/kiln/kiln-gunicorn passes this file with --config).
 
 The master imports the app once, and its workers are forks of it (when_ready below). Without that every worker
 imported Django itself: under TCG ~6 s of CPU each, so a start of 4 workers cost ~31-44 s of guest CPU and a start
@@ -19,7 +19,7 @@ of the worker's one CPU at a time in the bench (bench/: `make bench`), the DB pa
 in the cells that met one against 4-5 ms in those that did not, and a worker's first full collection ~200 ms (it
 also wrote to every page it shares with the master, copying them).
 
-The marker "a worker of this master serves" is what /usr/local/bin/kiln-rqworker waits for before it starts rq, and
+The marker "a worker of this master serves" is what /usr/local/lib/kiln/kiln-rqworker waits for before it starts rq, and
 kiln-release's deploy runs two masters for a moment (kiln-web and kiln-web-next): each keeps its own marker.
 """
 

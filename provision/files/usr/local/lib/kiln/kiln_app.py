@@ -680,7 +680,7 @@ def supervisor_workers(c: dict[str, Any], job_timeout: int) -> str:
             f"[program:kiln-worker-{name}]",
             f"; worker group {name}: queues {' '.join(group['queues'])}, rq's {group['class']}. kiln-rqworker execs",
             "; rq, so SIGTERM reaches it (warm shutdown: the current job finishes).",
-            f"command=/usr/local/bin/kiln-rqworker {name} %(process_num)d",
+            f"command=/usr/local/lib/kiln/kiln-rqworker {name} %(process_num)d",
             "priority=200",
             "process_name=%(program_name)s-%(process_num)d",
             f"numprocs={group['processes']}",

@@ -365,3 +365,44 @@ KILN_LOGSHIP_JOURNAL_SOCKET=${KILN_LOGSHIP_JOURNAL_SOCKET:-/run/systemd/journal/
 KILN_LOGSHIP_QUEUE_MESSAGES=10000
 # shellcheck disable=SC2034
 KILN_LOGSHIP_QUEUE_DISK=256m
+
+# Roles (issue 14): one image, each host's role chosen at first boot (KILN_ROLE in /etc/kiln/overrides.env, rendered
+# into the instance env; `all` when none is given: the all-in-one server). This table is the one statement of what a
+# role runs; every consumer asks role_has: the first boot (units, users, binds, firewall), step 50 (kiln-web's
+# programs), step 99 (what it starts), kiln-release (worker groups, the web switch, release commands).
+#   db: the database server   redis: both Redis instances   web: nginx + kiln-web   workers: the app's rq worker groups
+#   lb: HAProxy in front of the web hosts
+KILN_ROLES="all web worker data lb"
+role_has() { # role_has PART [ROLE]: ROLE (default: this host's) runs PART
+  case ${2:-$(kiln_role)}:$1 in
+    all:db | all:redis | all:web | all:workers | data:db | data:redis | web:web | worker:workers | lb:lb) return 0 ;;
+    *) return 1 ;;
+  esac
+}
+kiln_role() { # this host's role: KILN_ROLE of the instance env (none before the first boot: all)
+  local r; r=$(env_value "$KILN_INSTANCE_ENV" KILN_ROLE); echo "${r:-all}"
+}
+role_units() { # role_units [ROLE]: the role-managed units ROLE runs, one a line (the others stay disabled)
+  local r=${1:-$(kiln_role)}
+  if role_has db "$r"; then echo "$DB_SERVICE"; fi
+  if role_has redis "$r"; then echo redis-server@cache.service; echo redis-server@queue.service; fi
+  if role_has web "$r" || role_has workers "$r"; then echo supervisor.service; fi
+  if role_has web "$r"; then echo nginx.service; fi
+  if role_has lb "$r"; then echo haproxy.service; fi
+  return 0
+}
+role_managed_units() { # every unit some role runs (a host disables those its role does not)
+  local r; for r in $KILN_ROLES; do role_units "$r"; done | LC_ALL=C sort -u
+}
+# kiln-web's programs (kiln-web, kiln-web-next), rendered by step 50 into KILN_SUPERVISOR_WEB_CONF; supervisord reads
+# them from conf.d only on a host that serves the web (role_supervisor_web applies that, step 50 and the first boot).
+KILN_SUPERVISOR_WEB_CONF=/usr/local/lib/kiln/supervisor-kiln-web.conf
+role_supervisor_web() { # 0 = conf.d/kiln.conf changed (supervisorctl update applies it), 1 = unchanged
+  if role_has web; then
+    install_file "$KILN_SUPERVISOR_WEB_CONF" /etc/supervisor/conf.d/kiln.conf 0644 root:root
+  elif [ -e /etc/supervisor/conf.d/kiln.conf ]; then
+    remove_path /etc/supervisor/conf.d/kiln.conf
+  else
+    return 1
+  fi
+}

@@ -10,9 +10,11 @@ if put usr/local/lib/kiln/kiln-gunicorn 0755; then need_restart kiln-web; fi
 if put usr/local/lib/kiln/gunicorn.conf.py; then need_restart kiln-web; fi
 if put usr/local/lib/kiln/kiln-rqworker 0755; then need_restart kiln-worker; fi
 # kiln-workers.conf, the worker groups' programs, is the app's: kiln-release renders it from the contract (step 40).
-# kiln-web and kiln-web-next, their timeouts from lib/common.sh (render_vars).
+# kiln-web and kiln-web-next, their timeouts from lib/common.sh (render_vars), kept in the library directory and read by
+# supervisord from conf.d on a host whose role serves the web (role_supervisor_web: a worker host runs no gunicorn).
 conf=$(render_vars "$KILN_FILES/etc/supervisor/conf.d/kiln.conf")
-if printf '%s\n' "$conf" | write_file /etc/supervisor/conf.d/kiln.conf 0644 root:root; then need_reload supervisor; fi
+printf '%s\n' "$conf" | write_file "$KILN_SUPERVISOR_WEB_CONF" 0644 root:root || true
+if role_supervisor_web; then need_reload supervisor; fi
 # The helpers above lived in /usr/local/bin on servers provisioned by an earlier Kiln: internal, not commands (the
 # operator's are in /usr/local/sbin: kiln and the kiln-* it runs), they are in the library directory now.
 for old in kiln-reap-group kiln-gunicorn kiln-rqworker; do remove_path "/usr/local/bin/$old"; done

@@ -14,19 +14,25 @@ act() { log "$*"; "$@"; }
 if pending restart daemon-reload; then act systemctl daemon-reload; fi
 # journald reads its configuration only when it starts (its streams survive the restart: they are in its fd store).
 if pending restart systemd-journald.service; then act systemctl restart systemd-journald.service; fi
-if pending restart "$DB_SERVICE"; then act systemctl restart "$DB_SERVICE"; fi
-systemctl is-active -q "$DB_SERVICE" || act systemctl start "$DB_SERVICE"
+# Only the units of this host's role run (common.sh: role_has; the first boot disables the others).
+if role_has db; then
+  if pending restart "$DB_SERVICE"; then act systemctl restart "$DB_SERVICE"; fi
+  systemctl is-active -q "$DB_SERVICE" || act systemctl start "$DB_SERVICE"
+fi
 # First boot of this instance (Vagrant provisions a running VM; Packer reboots, then the marker matches).
 [ "$(cat /var/lib/kiln/firstboot.done 2>/dev/null || true)" = "$(cat /etc/machine-id)" ] || act systemctl start kiln-firstboot-secrets.service kiln-firstboot.service kiln-firstboot-db.service
 for name in cache queue; do
+  role_has redis || break
   unit=redis-server@$name.service
   if pending restart "$unit" && systemctl is-active -q "$unit"; then act systemctl restart "$unit"; fi
   systemctl is-active -q "$unit" || act systemctl start "$unit"
 done
-if systemctl is-active -q supervisor.service; then
+if ! role_has web && ! role_has workers; then
+  :
+elif systemctl is-active -q supervisor.service; then
   # update is a no-op when nothing changed, and it also heals a run that died before reaching this step.
   supervisorctl update >/dev/null
-  if pending restart kiln-web; then act supervisorctl restart kiln-web; fi
+  if pending restart kiln-web && role_has web; then act supervisorctl restart kiln-web; fi
   # graceful: TERM, then up to stopwaitsecs for a running job to finish
   # (the app's worker groups, if it has any: kiln-release renders them from its contract)
   if pending restart kiln-worker && supervisorctl avail | grep -q '^kiln-worker:'; then
@@ -35,7 +41,9 @@ if systemctl is-active -q supervisor.service; then
 else
   act systemctl start supervisor.service
 fi
-if systemctl is-active -q nginx.service; then
+if ! role_has web; then
+  :
+elif systemctl is-active -q nginx.service; then
   if pending reload nginx; then
     nginx -t -q || die "nginx -t rejects the configuration: the running nginx keeps the old one"
     act systemctl reload nginx.service

@@ -224,8 +224,7 @@ def judge_units(report: Report, states: dict[str, dict[str, str]], core: list[st
     report.parts["units"] = rows
 
 
-def status_units(report: Report, db_service: str) -> None:
-    core = core_units(db_service)
+def status_units(report: Report, core: list[str]) -> None:
     names = [*core, *FIRSTBOOT_UNITS, *TIMERS, *kiln_unit_names()]
     res = subprocess.run(
         ["systemctl", "list-units", "--state=failed", "--plain", "--no-legend", "--full"],
@@ -414,10 +413,17 @@ def collect(env_file: Path = ENV_FILE, app_file: Path = APP_ENV, status_dir: Pat
     report.parts["release"] = rel
     if not rel["current"]:
         report.problems.append(f"no current release ({CURRENT})")
-    db = common('printf %s "$DB_SERVICE"', distro=True).stdout.strip() or "mariadb.service"
-    status_units(report, db)
-    status_programs(report, app)
-    judge_ready(report, kiln_ready.run_checks(env_file, app_file))
+    # The units of this host's role (common.sh: role_units; all of them on an all-in-one server), its programs where
+    # it runs supervisor, and readiness: the app through nginx where it serves the web, its data services elsewhere
+    # (a worker host), none on a host without the app (a cluster's data host, its load balancer).
+    role = env.get("KILN_ROLE") or "all"
+    core = common("role_units", distro=True).stdout.split() or core_units()
+    status_units(report, core)
+    if "supervisor.service" in core:
+        status_programs(report, app)
+    if role in ("all", "web", "worker"):
+        judge_ready(report, kiln_ready.run_checks(env_file, app_file, data_only=role == "worker"))
+    report.parts["role"] = role
     judge_disk(report, local_mounts())
     status_reboot(report)
     judge_mail(report, env)
@@ -638,6 +644,13 @@ COMMANDS = [
         "maintenance", "on|off", "503 + Retry-After for all but the health probes, until off (outlives reboots)", 1, 1
     ),
     Command("tls", "DOMAIN EMAIL", "a Let's Encrypt certificate for DOMAIN (kiln-letsencrypt)", 2, 2),
+    Command(
+        "role-env",
+        "web|worker",
+        "on a cluster's data host: the overrides (user-data) of its web or worker hosts (kiln-firstboot)",
+        1,
+        1,
+    ),
     Command("backup", "", "back up now (kiln-backup backup)"),
     Command("restore", "[SNAPSHOT]", "restore SNAPSHOT, else the latest (kiln-backup restore)", 0, 1),
     Command(
@@ -658,6 +671,7 @@ HANDLERS = {
     "reconfigure": cmd_reconfigure,
     "maintenance": cmd_maintenance,
     "tls": delegate("kiln-letsencrypt"),
+    "role-env": delegate("kiln-firstboot", "role-env"),
     "backup": cmd_backup("backup"),
     "restore": cmd_backup("restore"),
     "logs": cmd_logs,
@@ -671,7 +685,10 @@ def help_text() -> str:
     lines += [f"  {c.usage:<{width}}  {c.help}" for c in COMMANDS]
     lines += ["", "exit status:"]
     lines += [f"  {code}  {what}" for code, what in EXIT_CODES]
-    lines += ["  deploy, rollback, releases, manage, tls, backup, restore, logs: the exit status of the tool they run"]
+    lines += [
+        "  deploy, rollback, releases, manage, tls, role-env, backup, restore, logs:"
+        " the exit status of the tool they run"
+    ]
     return "\n".join(lines)
 
 

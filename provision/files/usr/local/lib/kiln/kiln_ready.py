@@ -9,7 +9,7 @@ path of its own (the site's HTTP server proxies it), https://127.0.0.1 for '/' (
 first name of ALLOWED_HOSTS as Host. A 2xx answer is ready (not a redirect: nginx's own HTTP -> HTTPS redirect is
 one). Every check runs, whatever failed before.
 
-  kiln-ready [--env FILE] [--app FILE] [--quiet]   exit 0 ready, 1 not ready (the failed checks named), 2 usage
+  kiln-ready [--env FILE] [--app FILE] [--quiet] [--data]   exit 0 ready, 1 not ready (the failed checks named), 2 usage
 
 Root (or group kiln: the env file is 0640 root:kiln). Standard library only: /usr/local/bin/kiln-ready links here.
 """
@@ -100,10 +100,10 @@ def check_database(url: str) -> str:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT * 2, check=False)
         except subprocess.TimeoutExpired as exc:
             raise NotReady(f"no answer from the database in {exc.timeout:.0f}s") from None
+    where = options.get("socket") or f"{options.get('host', 'localhost')}:{options.get('port', 3306)}"
     if res.returncode != 0 or res.stdout.strip() != "1":
         said = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
-        raise NotReady(f"SELECT 1 as {options['user']}: {said}")
-    where = options.get("socket") or f"{options.get('host', 'localhost')}:{options.get('port', 3306)}"
+        raise NotReady(f"SELECT 1 as {options['user']} via {where}: {said}")
     return f"SELECT 1 as {options['user']} on {database or '(no database)'} via {where}"
 
 
@@ -219,9 +219,11 @@ def run_check(name: str, check: Callable[[], str]) -> Result:
     return Result(name, ok, did, (time.monotonic() - start) * 1000)
 
 
-def run_checks(env_file: Path = ENV_FILE, app_file: Path = APP_ENV) -> list[Result]:
+def run_checks(env_file: Path = ENV_FILE, app_file: Path = APP_ENV, data_only: bool = False) -> list[Result]:
     """Every check, in order, whatever failed before (the instance's env and the release's contract read first: a
-    missing one is one failed check, "env"). `kiln status` reports these too."""
+    missing one is one failed check, "env"). `kiln status` reports these too. data_only: the database and the two
+    Redis instances, not the app (a cluster's web or worker host checks its data host at first boot, before the app
+    may start)."""
     try:
         env, app = read_env(env_file), read_app_env(app_file)
     except OSError as exc:
@@ -233,6 +235,8 @@ def run_checks(env_file: Path = ENV_FILE, app_file: Path = APP_ENV) -> list[Resu
         "queue": lambda: check_redis(env.get("QUEUE_URL", ""), write=has_workers),
         "app": lambda: check_http(str(app.get("KILN_APP_HEALTH") or "/"), env.get("ALLOWED_HOSTS", "")),
     }
+    if data_only:
+        del checks["app"]
     return [run_check(name, check) for name, check in checks.items()]
 
 
@@ -241,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", type=Path, default=ENV_FILE, help=f"the instance's env file [{ENV_FILE}]")
     parser.add_argument("--app", type=Path, default=APP_ENV, help=f"the release's resolved contract [{APP_ENV}]")
     parser.add_argument("--quiet", action="store_true", help="print only what is not ready")
+    parser.add_argument("--data", action="store_true", help="the database and the Redis instances only, not the app")
     args = parser.parse_args(argv)
-    results = run_checks(args.env, args.app)
+    results = run_checks(args.env, args.app, data_only=args.data)
     if len(results) == 1 and results[0].name == "env":
         print(f"kiln-ready: NOT READY: {results[0].detail}", file=sys.stderr)
         return 1

@@ -114,7 +114,7 @@ remove_path() { # remove_path PATH (a removal is logged; returns 0 unless it die
 stack_packages() {
   { printf '%s\n' "${PKG_BASE[@]}" "${PKG_DB_SERVER[@]}" "${PKG_REDIS[@]}" "${PKG_WEB[@]}" "${PKG_APP_RUNTIME[@]}" \
       "${PKG_FIREWALL[@]}" "${PKG_SSH[@]}" "${PKG_SERVICES[@]}" "${PKG_ACCOUNTS[@]}" "${PKG_LOGS[@]}" \
-      "${PKG_LOGSHIP[@]}" "${PKG_BACKUP[@]}" "${PKG_METRICS[@]}" "${PKG_DEPLOY[@]}" "${PKG_TLS[@]}"
+      "${PKG_LOGSHIP[@]}" "${PKG_BACKUP[@]}" "${PKG_METRICS[@]}" "${PKG_DEPLOY[@]}" "${PKG_TLS[@]}" "${PKG_LB[@]}"
     if [ -n "${KILN_APP_SRC:-}" ]; then app_contract_list "$KILN_APP_SRC" PACKAGES; fi
   } | LC_ALL=C sort -u
 }

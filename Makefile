@@ -48,7 +48,7 @@ test-app: deps ## App tests against real MariaDB, Redis, S3 (moto) and SMTP serv
 
 .PHONY: test-tools
 test-tools: deps ## Kiln's test tooling without a guest: the background audit's hold, bound, stop; QMP; Lynis shim; provision helpers on read-only and full file systems; log coverage; disk check
-	$(call stage,tool tests,tools/apt-ensure.sh qemu-system-x86 lynis restic prometheus-node-exporter rsyslog rsyslog-gnutls bind9-dnsutils && KILN_TOOLS_NO_SKIP=1 $(VENV)/bin/pytest tests/tools)
+	$(call stage,tool tests,tools/apt-ensure.sh qemu-system-x86 lynis restic prometheus-node-exporter rsyslog rsyslog-gnutls bind9-dnsutils haproxy && KILN_TOOLS_NO_SKIP=1 $(VENV)/bin/pytest tests/tools)
 
 .PHONY: app-check
 app-check: ## Check the app's contract ([tool.kiln] in APP/pyproject.toml) for DISTRO: every problem, in seconds

@@ -38,8 +38,9 @@ PKG_DEPLOY=(git)
 # kiln-letsencrypt (kiln tls): certbot (its certbot.timer renews) and dig, which asks DNS itself for the pre-check
 # (getent would read /etc/hosts first)
 PKG_TLS=(certbot bind9-dnsutils)
-# The lb role (step 65, kiln_lb.py): HAProxy, installed in every image, disabled unless KILN_ROLE=lb
-PKG_LB=(haproxy)
+# The lb role (step 65, kiln_lb.py): HAProxy, installed in every image, disabled unless KILN_ROLE=lb; socat talks
+# to its admin socket (drain a web host: README, "Beyond one server"; tools/kiln-fleet)
+PKG_LB=(haproxy socat)
 DB_DUMP=mariadb-dump
 DB_SERVER_BIN=/usr/sbin/mariadbd
 DB_INSTALL_DB=mariadb-install-db

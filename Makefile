@@ -73,6 +73,10 @@ image-check: ## Image hygiene (DigitalOcean rules, stricter), then two boots wit
 test-provision: ## Fast tier without a VM: provision/ in a systemd-nspawn container (first boot, idempotence)
 	$(call stage,provision in nspawn,tests/provision/nspawn-check.sh)
 
+.PHONY: test-cluster
+test-cluster: deps ## Roles (issue 14) on a cluster of nspawn containers: data, 2 web, worker, HAProxy and a client on a private network of namespaces
+	$(call stage,cluster in nspawn,tools/apt-ensure.sh mmdebstrap systemd-container curl iproute2 util-linux && $(VENV)/bin/pytest tests/cluster)
+
 .PHONY: bench
 bench: ## How fast the nspawn tier's server serves, beside DigitalOcean's Django 1-Click config: a table, bench/results/<commit>-nspawn.{json,png} (BENCH_QUICK=1: the short run)
 	$(call stage,bench$(if $(filter 1,$(BENCH_QUICK)), (quick)),bench/run.sh)

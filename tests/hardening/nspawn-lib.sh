@@ -6,6 +6,10 @@
 #   nspawn_stop               powers the container off (SIGTERM to nspawn), kills it after 30 s
 # NSPAWN_VETH=1: a veth pair instead of a loopback-only network; nspawn_boot then addresses it (host 10.213.7.1,
 # container NSPAWN_ADDR=10.213.7.2, /30): a network namespace of our own, reachable from this host only.
+# NSPAWN_NETNS=PATH: the container joins this network namespace (--network-namespace-path=PATH: a private network
+# of the caller's, e.g. /run/netns/NAME of `ip netns add`) instead of a loopback-only one, with CAP_NET_ADMIN in it
+# (as nspawn gives with a network of its own, which it does not for a joined one: a firewall inside can run);
+# NSPAWN_VETH does not apply.
 # NSPAWN_ARGS=(...): more systemd-nspawn options for nspawn_boot (e.g. --cpu-affinity=0, --bind-ro=...).
 # NSPAWN_CGROUP=NAME: start the container in a cgroup of its own, /sys/fs/cgroup[/unified]/NAME (cgroup v2; its
 # cpu.stat then counts the container's CPU time); removed by nspawn_stop.
@@ -25,6 +29,9 @@
 #                                        the nspawn tier, then the quick bench: one install.sh instead of two, ~1 min)
 #   kiln_rootfs_provisioned DEST         DEST = that copy, hard-linked (instant: its user must boot it with
 #                                        --volatile=overlay and replace, never edit, a file), else return 1
+#   kiln_rootfs_get DEST LOGDIR VERSION COMMIT   DEST = a provisioned rootfs of this tree: that copy, hard-linked
+#                                        (same rules), else prepared and installed here (install.sh's output in
+#                                        LOGDIR/install.log, its tail on failure), then offered; says which on stdout
 
 NSPAWN_PID=""
 NSPAWN_LEADER=""
@@ -100,6 +107,21 @@ kiln_rootfs_provisioned() {
   rm -rf "$1" && cp -al "$src" "$1"
 }
 
+kiln_rootfs_get() {
+  local dest=$1 logdir=$2 t0
+  if kiln_rootfs_provisioned "$dest"; then
+    echo "  rootfs: the provisioned rootfs of this tree, hard-linked ($dest)"; return 0
+  fi
+  echo "  rootfs: provisioning $dest (install.sh offline, as the nspawn tier does)"
+  t0=$(date +%s)
+  rm -rf "$dest" && kiln_rootfs_prepare "$dest" "$logdir" || return 1
+  if ! kiln_rootfs_install "$dest" "$3" "$4" >"$logdir/install.log"; then
+    tail -30 "$logdir/install.log" >&2; echo "nspawn: install.sh failed in $dest (above)" >&2; return 1
+  fi
+  echo "  rootfs: provisioned in $(( $(date +%s) - t0 ))s"
+  kiln_rootfs_offer "$dest"
+}
+
 kiln_rootfs_install() {
   systemd-nspawn -q -D "$1" --register=no --keep-unit --resolv-conf=copy-host "${KILN_ROOTFS_BIND[@]}" \
     --setenv=KILN_VERSION="$2" --setenv=KILN_COMMIT="$3" --setenv=KILN_BUILD_CA_DIR=/opt/kiln-src/build-ca \
@@ -115,6 +137,7 @@ nspawn_boot() {
   # --private-network: the container's sshd/nginx must not collide with the host's ports.
   local net=(--private-network)
   [ "${NSPAWN_VETH:-0}" = 1 ] && net=(--network-veth)
+  [ -z "${NSPAWN_NETNS:-}" ] || net=(--network-namespace-path="$NSPAWN_NETNS" --capability=CAP_NET_ADMIN)
   local cg=() d
   if [ -n "$NSPAWN_CGROUP" ]; then
     d=$(nspawn_cgroup_dir) || return 1
@@ -150,7 +173,7 @@ nspawn_boot() {
     case $state in running|degraded) break ;; esac
     sleep 1
   done
-  if [ "${NSPAWN_VETH:-0}" = 1 ]; then
+  if [ "${NSPAWN_VETH:-0}" = 1 ] && [ -z "${NSPAWN_NETNS:-}" ]; then
     local hostif=ve-${name:0:12}
     ip link show "$hostif" >/dev/null 2>&1 || { echo "nspawn: no host interface $hostif (use a machine name of at most 12 characters)" >&2; return 1; }
     ip addr replace 10.213.7.1/30 dev "$hostif" && ip link set "$hostif" up

@@ -268,7 +268,10 @@ def test_rendered_config_is_the_design(tmp_path: Path, tls: Path) -> None:
 
 def test_pkg_lb_in_the_profiles_and_step_65() -> None:
     for distro in ("debian-13", "ubuntu-24.04"):
-        assert "\nPKG_LB=(haproxy)\n" in (PROVISION / f"distro/{distro}.sh").read_text()
+        script = f'. "{PROVISION}/lib/common.sh"; KILN_DISTRO={distro} load_distro; printf "%s\\n" "${{PKG_LB[@]}}"'
+        env = {**os.environ, "KILN_PROVISION_DIR": str(PROVISION)}
+        proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True)
+        assert {"haproxy", "socat"} <= set(proc.stdout.split()), (distro, proc.stdout)
     step = (PROVISION / "steps/65-lb.sh").read_text()
     assert 'apt_install "${PKG_LB[@]}"' in step
     assert "systemctl disable --no-reload -q haproxy.service" in step

@@ -1,8 +1,9 @@
 """kiln-web's gunicorn: the app imported once, by the master, after it bound its socket (a request meanwhile waits
 and is answered, never refused), its workers forks of it; a database connection the import opened is not inherited by
 the workers; the master's objects frozen out of the workers' garbage collections; the "a worker serves" marker that
-kiln-rqworker waits for. A real gunicorn with Kiln's hooks (provision/files/usr/local/lib/kiln/gunicorn.conf.py)
-serves a small Django app on a unix socket. The same start on the server: tests/infra/test_restart.py."""
+kiln-rqworker waits for; the client's address (nginx's X-Real-IP) as REMOTE_ADDR. A real gunicorn with Kiln's hooks
+(provision/files/usr/local/lib/kiln/gunicorn.conf.py) serves a small Django app on a unix socket. The same start on
+the server: tests/infra/test_restart.py."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ with connection.cursor() as c:
 
 def app(environ, start_response):
     body = json.dumps({"pid": os.getpid(), "inherited_connection": connection.connection is not None,
-                       "frozen": gc.get_freeze_count()}).encode()
+                       "frozen": gc.get_freeze_count(), "remote_addr": environ.get("REMOTE_ADDR")}).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body]
 """
@@ -55,10 +56,10 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-def get(sock: Path) -> dict:
+def get(sock: Path, headers: dict[str, str] | None = None) -> dict:
     conn = UnixHTTPConnection(str(sock))
     try:
-        conn.request("GET", "/", headers={"Connection": "close"})
+        conn.request("GET", "/", headers={"Connection": "close", **(headers or {})})
         resp = conn.getresponse()
         assert resp.status == 200, resp.read()
         return json.loads(resp.read())
@@ -118,6 +119,12 @@ def test_workers_are_forks_of_a_master_that_imported_the_app_once(tmp_path):
         assert not inherited, f"workers {inherited} inherited the master's open database connection"
         # the master's objects (Django's, the app's: tens of thousands) are out of the workers' collections
         assert all(n > 10_000 for n in frozen.values()), f"objects frozen per worker: {frozen}"
+        # the client's address, as nginx names it in X-Real-IP (the socket's peer has none): what the app sees
+        told = get(sock, {"X-Real-IP": "203.0.113.9"})["remote_addr"]
+        untold = get(sock)["remote_addr"]
+        print(f"REMOTE_ADDR with X-Real-IP 203.0.113.9: {told!r}; without: {untold!r}")
+        assert told == "203.0.113.9", f"the app saw REMOTE_ADDR {told!r}, not nginx's X-Real-IP"
+        assert untold == "", f"without X-Real-IP the app saw REMOTE_ADDR {untold!r}"
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

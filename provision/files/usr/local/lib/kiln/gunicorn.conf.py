@@ -19,6 +19,12 @@ of the worker's one CPU at a time in the bench (bench/: `make bench`), the DB pa
 in the cells that met one against 4-5 ms in those that did not, and a worker's first full collection ~200 ms (it
 also wrote to every page it shares with the master, copying them).
 
+The client's address: gunicorn on a unix socket leaves REMOTE_ADDR empty (it is the socket's peer, and nginx is the
+only one that can connect to it), so each worker's WSGI callable is wrapped to take it from X-Real-IP, which nginx
+always sets itself (kiln-proxy.conf: $remote_addr, the client's own, or the one a trusted load balancer forwarded:
+KILN_TRUSTED_PROXIES, nginx's real_ip). Django's request.META["REMOTE_ADDR"] and gunicorn's access log (%(h)s) then
+name the client.
+
 The marker "a worker of this master serves" is what /usr/local/lib/kiln/kiln-rqworker waits for before it starts rq, and
 kiln-release's deploy runs two masters for a moment (kiln-web and kiln-web-next): each keeps its own marker.
 """
@@ -59,7 +65,17 @@ def pre_fork(server, worker):
     gc.freeze()
 
 
+def _with_client_address(app):
+    def application(environ, start_response):
+        if not environ.get("REMOTE_ADDR") and environ.get("HTTP_X_REAL_IP"):
+            environ["REMOTE_ADDR"] = environ["HTTP_X_REAL_IP"]
+        return app(environ, start_response)
+
+    return application
+
+
 def post_worker_init(worker):
+    worker.wsgi = _with_client_address(worker.wsgi)
     run_dir, serving = _serving_marker(worker)
     if os.path.exists(serving):
         return

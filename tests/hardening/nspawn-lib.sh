@@ -10,6 +10,8 @@
 # of the caller's, e.g. /run/netns/NAME of `ip netns add`) instead of a loopback-only one, with CAP_NET_ADMIN in it
 # (as nspawn gives with a network of its own, which it does not for a joined one: a firewall inside can run);
 # NSPAWN_VETH does not apply.
+# NSPAWN_SETTLE_SECS=N: nspawn_boot waits at most N s (default 120) for systemd inside to settle (0: returns once the
+# container's init runs; the caller then waits for what it needs).
 # NSPAWN_ARGS=(...): more systemd-nspawn options for nspawn_boot (e.g. --cpu-affinity=0, --bind-ro=...).
 # NSPAWN_CGROUP=NAME: start the container in a cgroup of its own, /sys/fs/cgroup[/unified]/NAME (cgroup v2; its
 # cpu.stat then counts the container's CPU time); removed by nspawn_stop.
@@ -168,7 +170,7 @@ nspawn_boot() {
     sleep 0.2
   done
   [ -n "$NSPAWN_LEADER" ] || { echo "nspawn: no container init found" >&2; nspawn_stop; return 1; }
-  for _ in $(seq 1 120); do
+  for _ in $(seq 1 "${NSPAWN_SETTLE_SECS:-120}"); do
     state=$(nspawn_exec systemctl is-system-running 2>/dev/null || true)
     case $state in running|degraded) break ;; esac
     sleep 1

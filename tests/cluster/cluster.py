@@ -59,6 +59,17 @@ ADDR = {
     "client": "10.77.0.100",
 }
 SCAN_PORTS = (22, 80, 443, 3306, 6379, 6380, 9100)
+# Each host's role (what the test boots it as; topology.py draws the same).
+ROLE = {"data": "data", "web1": "web", "web2": "web", "worker": "worker", "lb": "lb"}
+# The spec's table: the units a role runs (enabled and running); every other of these stays off.
+ROLE_UNITS = {
+    "data": {"mariadb.service", "redis-server@cache.service", "redis-server@queue.service"},
+    "web": {"supervisor.service", "nginx.service"},
+    "worker": {"supervisor.service"},
+    "lb": {"haproxy.service"},
+}
+# ...and what ufw lets in (the client is in KILN_PRIVATE_NET: the data host's ports are open to it).
+ROLE_PORTS = {"data": {22, 3306, 6379, 6380}, "web": {22, 80, 443}, "worker": {22}, "lb": {22, 80, 443}}
 MOTO_PORT = 9000
 MOTO_URL = f"http://{ADDR['client']}:{MOTO_PORT}"
 BUCKET = "kiln-cluster-media"

@@ -31,6 +31,9 @@ from cluster import (
     PRIVATE_NET,
     PYTHON,
     REPO,
+    ROLE,
+    ROLE_PORTS,
+    ROLE_UNITS,
     S3_KEY,
     Client,
     Cluster,
@@ -49,17 +52,7 @@ CLIENT = ADDR["client"]
 TOKEN = secrets.token_hex(3)  # this run's, in what it writes and asks for
 API_USER = "cluster-test"
 API_PASSWORD = secrets.token_hex(16)
-ROLE = {"data": "data", "web1": "web", "web2": "web", "worker": "worker", "lb": "lb"}
-# The spec's table: the units a role runs (enabled and running); every other of these stays off.
-ROLE_UNITS = {
-    "data": {"mariadb.service", "redis-server@cache.service", "redis-server@queue.service"},
-    "web": {"supervisor.service", "nginx.service"},
-    "worker": {"supervisor.service"},
-    "lb": {"haproxy.service"},
-}
 MANAGED_UNITS = sorted(set().union(*ROLE_UNITS.values()))
-# ...and what ufw lets in (the client is in KILN_PRIVATE_NET: the data host's ports are open to it).
-ROLE_PORTS = {"data": {22, 3306, 6379, 6380}, "web": {22, 80, 443}, "worker": {22}, "lb": {22, 80, 443}}
 MEDIA = (
     f"AWS_STORAGE_BUCKET_NAME={BUCKET}\nAWS_S3_ENDPOINT_URL={MOTO_URL}\nAWS_S3_REGION_NAME=us-east-1\n"
     f"AWS_ACCESS_KEY_ID={S3_KEY}\nAWS_SECRET_ACCESS_KEY={S3_KEY}\n"

@@ -47,6 +47,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+LIB = Path(__file__).resolve().parent  # /usr/local/lib/kiln on the server, provision/files/usr/local/lib/kiln here
+sys.path.insert(0, str(LIB))
+import kiln_ready  # noqa: E402 - beside this file, wherever it is
+
 KEY = "KILN_LB_BACKENDS"
 KEYS = (KEY,)  # the lb role's keys; any other KILN_LB_* key is misspelt
 DEFAULT_PORT = 443
@@ -90,21 +94,11 @@ class Backend:
 
 
 def read_env(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines (the last assignment wins, one layer of quotes dropped; comments and other lines skipped)."""
+    """The env file's KEY=VALUE lines, read as every Kiln helper reads them (kiln_ready.read_env)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return kiln_ready.read_env(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise LbError(f"cannot read {path}: {exc}") from exc
-    env: dict[str, str] = {}
-    for line in text.splitlines():
-        m = re.match(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line)
-        if not m:
-            continue
-        value = m.group(2).strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        env[m.group(1)] = value
-    return env
 
 
 def parse_host(host: str, bracketed: bool) -> str | None:

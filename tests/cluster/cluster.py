@@ -55,6 +55,7 @@ ADDR = {
     "web1": "10.77.0.11",
     "web2": "10.77.0.12",
     "web3": "10.77.0.13",  # the short-lived web host with a wrong database password
+    "web4": "10.77.0.14",  # ... and the one without shared media
     "worker": "10.77.0.21",
     "client": "10.77.0.100",
 }

@@ -60,7 +60,7 @@ MEDIA = (
 SITE = f"SITE_URL={LB}\n"
 WEB = (
     f"KILN_TRUSTED_PROXIES={ADDR['lb']}\n"
-    f"ALLOWED_HOSTS={ADDR['lb']},{ADDR['web1']},{ADDR['web2']},{ADDR['web3']},localhost,127.0.0.1\n{SITE}{MEDIA}"
+    f"ALLOWED_HOSTS={ADDR['lb']},{ADDR['web1']},{ADDR['web2']},{ADDR['web3']},localhost,127.0.0.1\n{SITE}"
 )
 # SIGKILL of nginx and gunicorn in a web host, masters and workers at once (pids from their pid files).
 # What a copy of the reference app leaves out (as the nspawn tier's copy does).
@@ -141,8 +141,8 @@ def env() -> Iterator[Env]:
             f"kiln role-env on the data host: web {sorted(keys(role_env['web']))}, "
             f"worker {sorted(keys(role_env['worker']))}"
         )
-        cl.add("web1", role_env["web"] + WEB + "KILN_RELEASE_COMMANDS=1\n")
-        cl.add("web2", role_env["web"] + WEB)
+        cl.add("web1", role_env["web"] + WEB + MEDIA + "KILN_RELEASE_COMMANDS=1\n")
+        cl.add("web2", role_env["web"] + WEB + MEDIA)
         cl.add("worker", role_env["worker"] + SITE + MEDIA)
         cl.add("lb", f"KILN_ROLE=lb\nKILN_LB_BACKENDS={ADDR['web1']},{ADDR['web2']}\n")
         # Not strict: a host that does not come up fails the checks that need it, the others still run.
@@ -371,7 +371,7 @@ def test_a_web_host_refuses_a_data_host_it_cannot_authenticate_to(env: Env) -> N
         r"^(DATABASE_URL=mysql://[^:/@]+:)[^@]*@", rf"\g<1>{wrong}@", env.role_env["web"], flags=re.M
     )
     assert n == 1, f"no DATABASE_URL with a password in `kiln role-env web`: {sorted(keys(env.role_env['web']))}"
-    web3 = env.cluster.add("web3", overrides + WEB)
+    web3 = env.cluster.add("web3", overrides + WEB + MEDIA)
     try:
         web3.boot()
         state = web3.wait_first_boot(240)
@@ -388,6 +388,29 @@ def test_a_web_host_refuses_a_data_host_it_cannot_authenticate_to(env: Env) -> N
     assert wrong not in journal, "the wrong password is shown in the journal (it must be redacted)"
     assert not services.startswith("active") and "RUNNING" not in services and https[0] != 200, (
         f"web3 serves anyway: nginx/kiln-web {services!r}, GET /readyz {https}"
+    )
+
+
+def test_a_web_host_without_shared_media_refuses_to_start(env: Env) -> None:
+    """A web host whose overrides do not put the app's uploads on S3 (the contract's shared-media key,
+    AWS_STORAGE_BUCKET_NAME for the reference app): its first boot stops naming the key, and it serves nothing."""
+    env.need("data")
+    web4 = env.cluster.add("web4", env.role_env["web"] + WEB)
+    try:
+        web4.boot()
+        state = web4.wait_first_boot(240)
+        journal = web4.out(f"journalctl -b --no-pager -o cat -u '{FIRSTBOOT_UNITS}'")
+        services = web4.out("systemctl is-active nginx.service supervisor.service || true")
+        https = env.client.curl(f"https://{web4.addr}/readyz", timeout=5)
+        said = [line for line in journal.splitlines() if "AWS_STORAGE_BUCKET_NAME" in line]
+        shown = diag(env, "web4")
+    finally:
+        web4.stop()
+    figure(f"web4 without shared media: first boot {state}; said: {said[-1][:300] if said else '-'}")
+    assert state.startswith("failed"), f"web4's first boot: {state}" + shown
+    assert said, f"no first boot message names AWS_STORAGE_BUCKET_NAME (shared-media):\n{journal[-3000:]}"
+    assert "active" not in services.split() and https[0] != 200, (
+        f"web4 serves anyway: nginx, supervisor {services.split()}, GET /readyz {https}"
     )
 
 

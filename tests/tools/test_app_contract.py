@@ -122,6 +122,7 @@ def test_reference_app_contract_is_what_kiln_runs_today():
     assert contract["lock"] == "requirements.txt"
     assert contract["workers"] == {"default": {"queues": ["export", "default"], "processes": 2, "class": "Worker"}}
     assert contract["timers"] == {}
+    assert contract["shared-media"] == "AWS_STORAGE_BUCKET_NAME"
 
 
 def test_startproject_tree_without_a_contract_gets_the_defaults(tmp_path):
@@ -142,6 +143,7 @@ def test_startproject_tree_without_a_contract_gets_the_defaults(tmp_path):
         "static-root": None,
         "static-url": "/static/",
         "health": "/",
+        "shared-media": None,
         "queues": None,
         "workers": {},
         "job-timeout": 180,
@@ -266,6 +268,13 @@ BAD = {
     "static_url_over_kiln_media_location": (
         '[tool.kiln]\nstatic-url = "/media/static/"\n',
         ["tool.kiln.static-url in mysite/pyproject.toml: '/media/static/' overlaps /media/, which nginx serves itself"],
+    ),
+    "shared_media_not_an_env_key": (
+        '[tool.kiln]\nshared-media = "s3://bucket"\n',
+        [
+            "tool.kiln.shared-media in mysite/pyproject.toml: 's3://bucket' must be an instance env key "
+            "(e.g. 'AWS_STORAGE_BUCKET_NAME') or 'none'"
+        ],
     ),
     "static_url_at_the_root": (
         '[tool.kiln]\nstatic-url = "/"\n',

@@ -135,6 +135,12 @@ def check_url_path(value: str) -> str | None:
     return None
 
 
+def check_shared_media(value: str) -> str | None:
+    if value != "none" and not re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):
+        return f"{value!r} must be an instance env key (e.g. 'AWS_STORAGE_BUCKET_NAME') or 'none'"
+    return None
+
+
 def check_static_url(value: str) -> str | None:
     if not re.fullmatch(URL_PATH, value) or not value.endswith("/") or value == "/":
         return f"{value!r} must be a URL path beginning and ending with '/', not '/' alone"
@@ -274,6 +280,15 @@ SCHEMA: dict[str, Key] = {
         "2xx (`/admin/login/` does, `/admin/` redirects)",
         "/",
         check=check_url_path,
+    ),
+    "shared-media": Key(
+        "string",
+        "the instance env key whose value puts the app's uploads on storage every host shares (S3), e.g. "
+        "`AWS_STORAGE_BUCKET_NAME`: a web host of a cluster (KILN_ROLE=web) refuses to start without it, since another "
+        "web host would not have a file uploaded to this one; `none`: the app keeps no uploads",
+        None,
+        "not declared: a cluster's web hosts refuse to start (an all-in-one server does not ask)",
+        check_shared_media,
     ),
     "queues": Key(
         "list of strings",

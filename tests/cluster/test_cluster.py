@@ -364,6 +364,39 @@ def test_web1_receives_traffic_again_after_it_returns(env: Env) -> None:
     assert lines["web1"] > 0 and r.get("errors", 1) == 0, f"after web1 returned: {describe_load(r)}; lines {lines}"
 
 
+@dataclass
+class Refused:
+    state: str  # the first boot's: "failed: UNITS" when it refused
+    journal: str  # the first-boot units' journal
+    services: str  # nginx's and supervisor's states, kiln-web's
+    https: tuple[int, str]  # GET /readyz from the client
+    shown: str  # diag() of the host, for a failure's message
+
+
+def boot_refused(env: Env, name: str, overrides: str) -> Refused:
+    """A short-lived web host with OVERRIDES booted, looked at once its first boot ended, and stopped."""
+    host = env.cluster.add(name, overrides)
+    try:
+        host.boot()
+        state = host.wait_first_boot(240)
+        return Refused(
+            state,
+            host.out(f"journalctl -b --no-pager -o cat -u '{FIRSTBOOT_UNITS}'"),
+            host.out("systemctl is-active nginx.service supervisor.service; supervisorctl status kiln-web 2>&1; true"),
+            env.client.curl(f"https://{host.addr}/readyz", timeout=5),
+            diag(env, name),
+        )
+    finally:
+        host.stop()
+
+
+def assert_serves_nothing(name: str, r: Refused) -> None:
+    assert r.state.startswith("failed"), f"{name}'s first boot: {r.state}" + r.shown
+    assert "active" not in r.services.split() and "RUNNING" not in r.services and r.https[0] != 200, (
+        f"{name} serves anyway: nginx, supervisor, kiln-web {r.services.split()}, GET /readyz {r.https}"
+    )
+
+
 def test_a_web_host_refuses_a_data_host_it_cannot_authenticate_to(env: Env) -> None:
     env.need("data")
     wrong = f"wrong-{TOKEN}"
@@ -371,47 +404,23 @@ def test_a_web_host_refuses_a_data_host_it_cannot_authenticate_to(env: Env) -> N
         r"^(DATABASE_URL=mysql://[^:/@]+:)[^@]*@", rf"\g<1>{wrong}@", env.role_env["web"], flags=re.M
     )
     assert n == 1, f"no DATABASE_URL with a password in `kiln role-env web`: {sorted(keys(env.role_env['web']))}"
-    web3 = env.cluster.add("web3", overrides + WEB + MEDIA)
-    try:
-        web3.boot()
-        state = web3.wait_first_boot(240)
-        journal = web3.out(f"journalctl -b --no-pager -o cat -u '{FIRSTBOOT_UNITS}'")
-        services = web3.out("systemctl is-active nginx.service; supervisorctl status kiln-web 2>&1 || true")
-        https = env.client.curl(f"https://{web3.addr}/readyz", timeout=5)
-        said = [line for line in journal.splitlines() if re.search(rf"{re.escape(ADDR['data'])}(?![0-9])", line)]
-        shown = diag(env, "web3")
-    finally:
-        web3.stop()
-    figure(f"web3 with a wrong database password: first boot {state}; said: {said[-1] if said else '-'}")
-    assert state.startswith("failed"), f"web3's first boot: {state}" + shown
-    assert said, f"no first boot message names the data host {ADDR['data']}:\n{journal[-3000:]}"
-    assert wrong not in journal, "the wrong password is shown in the journal (it must be redacted)"
-    assert not services.startswith("active") and "RUNNING" not in services and https[0] != 200, (
-        f"web3 serves anyway: nginx/kiln-web {services!r}, GET /readyz {https}"
-    )
+    r = boot_refused(env, "web3", overrides + WEB + MEDIA)
+    said = [line for line in r.journal.splitlines() if re.search(rf"{re.escape(ADDR['data'])}(?![0-9])", line)]
+    figure(f"web3 with a wrong database password: first boot {r.state}; said: {said[-1] if said else '-'}")
+    assert_serves_nothing("web3", r)
+    assert said, f"no first boot message names the data host {ADDR['data']}:\n{r.journal[-3000:]}"
+    assert wrong not in r.journal, "the wrong password is shown in the journal (it must be redacted)"
 
 
 def test_a_web_host_without_shared_media_refuses_to_start(env: Env) -> None:
     """A web host whose overrides do not put the app's uploads on S3 (the contract's shared-media key,
     AWS_STORAGE_BUCKET_NAME for the reference app): its first boot stops naming the key, and it serves nothing."""
     env.need("data")
-    web4 = env.cluster.add("web4", env.role_env["web"] + WEB)
-    try:
-        web4.boot()
-        state = web4.wait_first_boot(240)
-        journal = web4.out(f"journalctl -b --no-pager -o cat -u '{FIRSTBOOT_UNITS}'")
-        services = web4.out("systemctl is-active nginx.service supervisor.service || true")
-        https = env.client.curl(f"https://{web4.addr}/readyz", timeout=5)
-        said = [line for line in journal.splitlines() if "AWS_STORAGE_BUCKET_NAME" in line]
-        shown = diag(env, "web4")
-    finally:
-        web4.stop()
-    figure(f"web4 without shared media: first boot {state}; said: {said[-1][:300] if said else '-'}")
-    assert state.startswith("failed"), f"web4's first boot: {state}" + shown
-    assert said, f"no first boot message names AWS_STORAGE_BUCKET_NAME (shared-media):\n{journal[-3000:]}"
-    assert "active" not in services.split() and https[0] != 200, (
-        f"web4 serves anyway: nginx, supervisor {services.split()}, GET /readyz {https}"
-    )
+    r = boot_refused(env, "web4", env.role_env["web"] + WEB)
+    said = [line for line in r.journal.splitlines() if "AWS_STORAGE_BUCKET_NAME" in line]
+    figure(f"web4 without shared media: first boot {r.state}; said: {said[-1][:300] if said else '-'}")
+    assert_serves_nothing("web4", r)
+    assert said, f"no first boot message names AWS_STORAGE_BUCKET_NAME (shared-media):\n{r.journal[-3000:]}"
 
 
 def test_a_rolling_deploy_serves_the_changed_app_from_both_web_hosts_without_a_failed_request(

@@ -15,6 +15,9 @@ DB_SERVICE=mariadb.service
 DB_CONF_DIR=/etc/mysql/mariadb.conf.d
 DB_CLIENT=mariadb
 DB_SOCKET=/run/mysqld/mysqld.sock
+# A cluster's replica (KILN_ROLE=data-replica) follows the data host with MariaDB's GTID replication (gtid_slave_pos,
+# MASTER_USE_GTID, mariadb-dump --gtid)
+DB_GTID_REPLICATION=1
 # Drop-ins of files/etc/systemd/system/mariadb.service.d/ this server also gets (besides kiln.conf and
 # kiln-early.conf)
 DB_UNIT_EXTRA=(kiln-start.conf kiln-tls.conf)

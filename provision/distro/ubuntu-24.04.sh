@@ -18,6 +18,9 @@ DB_UNIT_EXTRA=()
 DB_CONF_DIR=/etc/mysql/mysql.conf.d
 DB_CLIENT=mysql
 DB_SOCKET=/run/mysqld/mysqld.sock
+# MySQL's GTIDs are not MariaDB's, and Kiln's replica is written for MariaDB's: no data-replica role on this image
+# (the data role works; its dumps carry no replication position)
+DB_GTID_REPLICATION=
 PKG_REDIS=(redis-server redis-tools)
 PKG_WEB=(nginx supervisor)
 PKG_FIREWALL=(ufw)

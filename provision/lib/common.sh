@@ -241,6 +241,10 @@ job_timeout() {
 KILN_SWAPFILE=/swapfile.kiln
 # shellcheck disable=SC2034
 KILN_DB_SIZING_CNF=91-kiln-sizing.cnf
+# A cluster's data host keeps its binary logs this long (10 days): a replica is seeded from the latest daily backup and
+# replays the logs written since; kiln-backup seed-replica refuses a backup older than that.
+# shellcheck disable=SC2034
+KILN_DB_BINLOG_KEEP_SECONDS=864000
 
 # disk_check [PATH...]: the use of each file system holding a PATH (default / and /srv, each file system once), its
 # blocks and its inodes, one line each; a warning (stderr) for each whose blocks or inodes are at KILN_DISK_WARN_PCT
@@ -372,10 +376,13 @@ KILN_LOGSHIP_QUEUE_DISK=256m
 # programs), step 99 (what it starts), kiln-release (worker groups, the web switch, release commands).
 #   db: the database server   redis: both Redis instances   web: nginx + kiln-web   workers: the app's rq worker groups
 #   lb: HAProxy in front of the web hosts
-KILN_ROLES="all web worker data lb"
+# data-replica: a read-only MariaDB following the data host's (GTID replication, seeded from a backup), no Redis; it
+# takes the cluster's backups; `kiln promote` makes it the data host (KILN_ROLE=data).
+KILN_ROLES="all web worker data data-replica lb"
 role_has() { # role_has PART [ROLE]: ROLE (default: this host's) runs PART
   case ${2:-$(kiln_role)}:$1 in
-    all:db | all:redis | all:web | all:workers | data:db | data:redis | web:web | worker:workers | lb:lb) return 0 ;;
+    all:db | all:redis | all:web | all:workers | data:db | data:redis | data-replica:db | web:web | worker:workers | lb:lb)
+      return 0 ;;
     *) return 1 ;;
   esac
 }

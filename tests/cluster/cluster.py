@@ -51,6 +51,7 @@ WORK_BASE = Path("/var/tmp/kiln-cluster-cache")  # the rootfs's file system: har
 PRIVATE_NET = "10.77.0.0/24"
 ADDR = {
     "data": "10.77.0.2",
+    "replica": "10.77.0.3",
     "lb": "10.77.0.5",
     "web1": "10.77.0.11",
     "web2": "10.77.0.12",
@@ -61,19 +62,27 @@ ADDR = {
 }
 SCAN_PORTS = (22, 80, 443, 3306, 6379, 6380, 9100)
 # Each host's role (what the test boots it as; topology.py draws the same).
-ROLE = {"data": "data", "web1": "web", "web2": "web", "worker": "worker", "lb": "lb"}
+ROLE = {"data": "data", "replica": "data-replica", "web1": "web", "web2": "web", "worker": "worker", "lb": "lb"}
 # The spec's table: the units a role runs (enabled and running); every other of these stays off.
 ROLE_UNITS = {
     "data": {"mariadb.service", "redis-server@cache.service", "redis-server@queue.service"},
+    "data-replica": {"mariadb.service"},
     "web": {"supervisor.service", "nginx.service"},
     "worker": {"supervisor.service"},
     "lb": {"haproxy.service"},
 }
 # ...and what ufw lets in (the client is in KILN_PRIVATE_NET: the data host's ports are open to it).
-ROLE_PORTS = {"data": {22, 3306, 6379, 6380}, "web": {22, 80, 443}, "worker": {22}, "lb": {22, 80, 443}}
+ROLE_PORTS = {
+    "data": {22, 3306, 6379, 6380},
+    "data-replica": {22, 3306},
+    "web": {22, 80, 443},
+    "worker": {22},
+    "lb": {22, 80, 443},
+}
 MOTO_PORT = 9000
 MOTO_URL = f"http://{ADDR['client']}:{MOTO_PORT}"
 BUCKET = "kiln-cluster-media"
+BACKUP_BUCKET = "kiln-cluster-backups"  # the data host's backups, the replica's seed, then the replica's backups
 S3_KEY = "testing"  # moto's
 FIRSTBOOT_UNITS = "kiln-firstboot*"
 T0 = time.monotonic()
@@ -501,7 +510,8 @@ class Client:
                 start_new_session=True,
             )
         wait_until("moto's S3 server", lambda: self.curl(f"{MOTO_URL}/", timeout=2)[0] == 200, 60, 0.5)
-        run(self.cmd([PYTHON, str(CLIENT_PY), "bucket", MOTO_URL, BUCKET]), timeout=60)
+        for bucket in (BUCKET, BACKUP_BUCKET):
+            run(self.cmd([PYTHON, str(CLIENT_PY), "bucket", MOTO_URL, bucket]), timeout=60)
 
     def close(self) -> None:
         for loop in self.loops:

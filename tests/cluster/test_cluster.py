@@ -1,12 +1,14 @@
 """The cluster test of issue 14: one image in roles (KILN_ROLE at first boot; the units per role: the table in
 provision/lib/common.sh), proven on a private network of namespaces (tests/cluster/cluster.py), a host per role:
 
-  data 10.77.0.2 (KILN_ROLE=data)   web1 10.77.0.11, web2 10.77.0.12 (web)   worker 10.77.0.21   lb 10.77.0.5 (HAProxy)
-  client 10.77.0.100: curl, the load loop, the port scans, moto's S3 server (the web and worker hosts' media)
+  data 10.77.0.2 (KILN_ROLE=data)   replica 10.77.0.3 (data-replica)   web1 10.77.0.11, web2 10.77.0.12 (web)
+  worker 10.77.0.21   lb 10.77.0.5 (HAProxy)
+  client 10.77.0.100: curl, the load loop, the port scans, moto's S3 server (the media; the backups)
 
-The data host boots first; `kiln role-env web|worker` on it gives the other hosts' overrides. The cluster boots once
-for the module (fixture `env`); the checks run in this file's order (web1 is killed, stopped and back before the last
-one, the rolling deploy last). `make test-cluster` (root). Not yet here: the replica.
+The data host boots first and backs up (the replica's seed); `kiln role-env web|worker|data-replica` on it gives the
+other hosts' overrides. The cluster boots once for the module (fixture `env`); the checks run in this file's order
+(web1 is killed, stopped and back before the rolling deploy; the replica's promotion, which stops the data host, last).
+`make test-cluster` (root).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import json
 import re
 import secrets
+import shlex
 import shutil
 import time
 from collections.abc import Iterator
@@ -24,6 +27,7 @@ from pathlib import Path
 import pytest
 from cluster import (
     ADDR,
+    BACKUP_BUCKET,
     BUCKET,
     FIRSTBOOT_UNITS,
     HOST_SH,
@@ -58,6 +62,12 @@ MEDIA = (
     f"AWS_ACCESS_KEY_ID={S3_KEY}\nAWS_SECRET_ACCESS_KEY={S3_KEY}\n"
 )
 SITE = f"SITE_URL={LB}\n"
+BACKUPS = (
+    f"KILN_BACKUP_REPOSITORY=s3:{MOTO_URL}/{BACKUP_BUCKET}/kiln\nKILN_BACKUP_PASSWORD={secrets.token_hex(12)}\n"
+    f"KILN_BACKUP_AWS_ACCESS_KEY_ID={S3_KEY}\nKILN_BACKUP_AWS_SECRET_ACCESS_KEY={S3_KEY}\n"
+    "KILN_BACKUP_AWS_DEFAULT_REGION=us-east-1\n"
+)
+RECORDS = "kiln.records_record"  # the reference app's records (app/records)
 WEB = (
     f"KILN_TRUSTED_PROXIES={ADDR['lb']}\n"
     f"ALLOWED_HOSTS={ADDR['lb']},{ADDR['web1']},{ADDR['web2']},{ADDR['web3']},localhost,127.0.0.1\n{SITE}"
@@ -105,6 +115,45 @@ def keys(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
+def sql(host: Host, query: str, timeout: float = 120) -> str:
+    """QUERY as root on HOST's own database server (its socket): the rows, tab-separated."""
+    res = host.exec(["mariadb", "-N", "-B", "-e", query], timeout=timeout)
+    assert res.returncode == 0, f"{host.name}: {query}: rc {res.returncode} {res.stderr}"
+    return res.stdout.strip()
+
+
+def replication(host: Host) -> dict[str, str]:
+    """HOST's SHOW SLAVE STATUS (empty: not a replica)."""
+    out = host.out("mariadb -e 'SHOW SLAVE STATUS\\G'")
+    fields = (line.strip().partition(":") for line in out.splitlines() if ":" in line)
+    return {k: v.strip() for k, _, v in fields}
+
+
+def replicating(host: Host) -> bool:
+    r = replication(host)
+    return r.get("Slave_IO_Running") == "Yes" and r.get("Slave_SQL_Running") == "Yes"
+
+
+def caught_up(data: Host, replica: Host) -> tuple[str, float]:
+    """The data host's binary log position, once the replica applied it; and the seconds that took."""
+    pos = sql(data, "SELECT @@gtid_binlog_pos")
+    t0 = time.monotonic()
+    waited = sql(replica, f"SELECT MASTER_GTID_WAIT('{pos}', 60)", timeout=90)
+    assert waited == "0", f"the replica did not reach the data host's GTID {pos} in 60 s: {replication(replica)}"
+    return pos, time.monotonic() - t0
+
+
+def table_checksums(host: Host) -> dict[str, str]:
+    """CHECKSUM TABLE of every table of the app's database on HOST."""
+    tables = sql(
+        host,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'kiln' "
+        "AND table_type = 'BASE TABLE' ORDER BY 1",
+    ).split()
+    out = sql(host, "CHECKSUM TABLE " + ", ".join(f"kiln.`{t}`" for t in tables)) if tables else ""
+    return dict(line.split("\t", 1) for line in out.splitlines())
+
+
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
     cl = Cluster()
@@ -127,13 +176,19 @@ def env() -> Iterator[Env]:
         def lb_ready(h: Host) -> None:
             wait_until(f"lb: GET {LB}/readyz 200", lambda: client.curl(f"{LB}/readyz", timeout=5)[0] == 200, 120)
 
-        def ready(h: Host) -> None:
-            {"web": web_ready, "worker": worker_ready, "lb": lb_ready}[ROLE[h.name]](h)
+        def replica_ready(h: Host) -> None:
+            wait_until(f"{h.name}: replicating", lambda: replicating(h), 60)
 
-        cl.add("data", f"KILN_ROLE=data\nKILN_PRIVATE_NET={PRIVATE_NET}\n")
+        def ready(h: Host) -> None:
+            {"web": web_ready, "worker": worker_ready, "lb": lb_ready, "data-replica": replica_ready}[ROLE[h.name]](h)
+
+        cl.add("data", f"KILN_ROLE=data\nKILN_PRIVATE_NET={PRIVATE_NET}\n" + BACKUPS)
         cl.boot(["data"])
         try:
-            role_env = {role: role_env_of(cl.hosts["data"], role) for role in ("web", "worker")}
+            # The backup the replica is seeded from (a data host's dump carries its replication position).
+            backup = cl.hosts["data"].exec(["/usr/local/sbin/kiln", "backup"], timeout=300)
+            assert backup.returncode == 0, f"kiln backup on the data host: {backup.stdout}{backup.stderr}"
+            role_env = {role: role_env_of(cl.hosts["data"], role) for role in ("web", "worker", "data-replica")}
         except AssertionError:
             print(cl.diagnose(["data"]), flush=True)
             raise
@@ -145,10 +200,12 @@ def env() -> Iterator[Env]:
         cl.add("web2", role_env["web"] + WEB + MEDIA)
         cl.add("worker", role_env["worker"] + SITE + MEDIA)
         cl.add("lb", f"KILN_ROLE=lb\nKILN_LB_BACKENDS={ADDR['web1']},{ADDR['web2']}\n")
+        cl.add("replica", role_env["data-replica"])
         # Not strict: a host that does not come up fails the checks that need it, the others still run.
-        broken = cl.boot(["web1", "web2", "worker", "lb"], ready, strict=False)
-        up = 5 - len(broken)
-        figure(f"cluster: {up} of 5 hosts up in {time.monotonic() - cl.hosts['data'].times['boot started']:.1f}s")
+        broken = cl.boot(["web1", "web2", "worker", "lb", "replica"], ready, strict=False)
+        up = len(ROLE) - len(broken)
+        took = time.monotonic() - cl.hosts["data"].times["boot started"]
+        figure(f"cluster: {up} of {len(ROLE)} hosts up in {took:.1f}s")
         assert "web1" not in broken, f"web1 did not come up: {broken['web1']}"
         # An API user, made as an operator makes one: manage.py as the app's user with the instance's settings.
         manage = (
@@ -472,3 +529,129 @@ def test_a_rolling_deploy_serves_the_changed_app_from_both_web_hosts_without_a_f
     )
     assert len(set(current.values())) == 1, f"current releases: {current}"
     assert r.get("requests", 0) > 0 and r.get("errors", 1) == 0, f"during the rolling deploy: {describe_load(r)}"
+
+
+def test_the_replica_has_every_committed_record(env: Env) -> None:
+    """Records written through the lb (both web hosts), and everything the tests before wrote: once the replica has
+    applied the data host's binary log position, every table of the app's database has the same checksum on both;
+    the replica refuses the app's writes (read-only) to the web role's user, whom it lets in."""
+    env.need("data", "replica", "lb")
+    data, replica, web2 = env.host("data"), env.host("replica"), env.host("web2")
+    written = []
+    for n in range(20):
+        body = json.dumps({"title": f"replicated {TOKEN} {n}", "body": "through the lb"})
+        status, got = env.client.json(f"{LB}/api/records/", method="POST", auth=env.user, data=body)
+        assert status == 201 and isinstance(got, dict), f"POST /api/records/ through the lb: {status} {got}"
+        written.append(got["id"])
+    pos, lag = caught_up(data, replica)
+    want, have = table_checksums(data), table_checksums(replica)
+    rows = sql(replica, f"SELECT COUNT(*) FROM {RECORDS}")
+    figure(
+        f"replica: {len(want)} tables, {rows} records, the same checksums as the data host's at GTID {pos} "
+        f"(applied {lag:.2f}s after the last write); {replication(replica).get('Seconds_Behind_Master')} s behind"
+    )
+    assert want and have == want, f"checksums differ: data {want}, replica {have}"
+    assert sql(replica, f"SELECT COUNT(*) FROM {RECORDS} WHERE id IN ({','.join(map(str, written))})") == "20"
+    password = re.search(r"://kiln_web:([^@]+)@", env.role_env["web"])
+    assert password, "no kiln_web password in `kiln role-env web`"
+    probe = web2.exec(
+        [
+            "env",
+            f"MYSQL_PWD={password[1]}",
+            "mariadb",
+            "-h",
+            ADDR["replica"],
+            "-u",
+            "kiln_web",
+            "kiln",
+            "-e",
+            f"CREATE TABLE ro_probe_{TOKEN} (i INT)",
+        ]
+    )
+    assert probe.returncode != 0 and "read-only" in probe.stderr, (
+        f"the web role's user writing to the replica: rc {probe.returncode} {probe.stdout}{probe.stderr}"
+    )
+
+
+def test_backups_run_from_the_replica_while_it_replicates(env: Env) -> None:
+    """The replica backs up; the data host's run leaves it to the replica while one is connected. A replica that
+    stopped replicating refuses to back up (naming it), and the data host then backs up itself."""
+    env.need("data", "replica")
+    data, replica = env.host("data"), env.host("replica")
+    on_replica = replica.exec(["/usr/local/sbin/kiln", "backup"], timeout=300)
+    on_data = data.exec(["/usr/local/sbin/kiln-backup", "backup"], timeout=300)
+    said = (on_replica.stdout + on_replica.stderr).strip().splitlines()
+    figure(
+        f"backup on the replica: rc {on_replica.returncode}, {said[-2:]}; on the data host: {on_data.stdout.strip()}"
+    )
+    assert on_replica.returncode == 0 and re.search(r"snapshot [0-9a-f]{8,}", on_replica.stdout), (
+        f"kiln backup on the replica: rc {on_replica.returncode}\n{on_replica.stdout}{on_replica.stderr}"
+    )
+    assert on_data.returncode == 0 and f"replica ({ADDR['replica']}) takes the backups" in on_data.stdout, (
+        f"kiln-backup on the data host with a replica: rc {on_data.returncode}\n{on_data.stdout}{on_data.stderr}"
+    )
+    sql(replica, "STOP SLAVE")
+    try:
+        wait_until("the data host sees no replica", lambda: not sql(data, "SHOW SLAVE HOSTS"), 60)
+        stopped = replica.exec(["/usr/local/sbin/kiln-backup", "backup"], timeout=300)
+        alone = data.exec(["/usr/local/sbin/kiln-backup", "backup"], timeout=300)
+    finally:
+        sql(replica, "START SLAVE")
+    figure(f"replication stopped: the replica's backup rc {stopped.returncode}; the data host's rc {alone.returncode}")
+    assert stopped.returncode != 0 and "does not replicate" in stopped.stdout + stopped.stderr, (
+        f"a stopped replica's backup: rc {stopped.returncode}\n{stopped.stdout}{stopped.stderr}"
+    )
+    assert alone.returncode == 0 and re.search(r"snapshot [0-9a-f]{8,}", alone.stdout), (
+        f"the data host's backup without a replica: rc {alone.returncode}\n{alone.stdout}{alone.stderr}"
+    )
+    wait_until("the replica replicates again", lambda: replicating(replica), 60)
+
+
+def test_promoting_the_replica_makes_it_the_data_host(env: Env) -> None:
+    """The data host gone (stopped), `kiln promote` on the replica: writable, the data role's units running, and a web
+    host pointed at it (`kiln role-env web` there, `kiln reconfigure`) reads a record written before and writes."""
+    env.need("data", "replica", "web2")
+    data, replica, web2 = env.host("data"), env.host("replica"), env.host("web2")
+    title = f"before the promotion {TOKEN}"
+    status, got = env.client.json(
+        f"https://{ADDR['web2']}/api/records/",
+        method="POST",
+        auth=env.user,
+        data=json.dumps({"title": title, "body": "written through web2"}),
+    )
+    assert status == 201 and isinstance(got, dict), f"POST /api/records/ on web2: {status} {got}"
+    caught_up(data, replica)
+    data.stop()
+    t0 = time.monotonic()
+    promoted = replica.exec(["/usr/local/sbin/kiln", "promote"], timeout=600)
+    promote_secs = time.monotonic() - t0
+    assert promoted.returncode == 0, f"kiln promote: rc {promoted.returncode}\n{promoted.stdout}{promoted.stderr}"
+    units = replica.out(f"systemctl is-active {' '.join(sorted(ROLE_UNITS['data']))}").split()
+    assert sql(replica, "SELECT @@read_only") == "0" and units == ["active"] * 3 and not replication(replica), (
+        f"after kiln promote: read_only {sql(replica, 'SELECT @@read_only')}, units {units}, "
+        f"replication {replication(replica)}"
+    )
+    new_env = role_env_of(replica, "web")
+    assert keys(new_env)["SECRET_KEY"] == keys(env.role_env["web"])["SECRET_KEY"], "the promoted host's SECRET_KEY"
+    assert f"@{ADDR['replica']}:3306/" in keys(new_env)["DATABASE_URL"], "role-env web names the promoted host"
+    web2.exec(f"printf %s {shlex.quote(new_env + WEB + MEDIA)} > /etc/kiln/overrides.env", check=True)
+    t0 = time.monotonic()
+    reconf = web2.exec(["/usr/local/sbin/kiln", "reconfigure"], timeout=600)
+    reconf_secs = time.monotonic() - t0
+    assert reconf.returncode == 0, f"kiln reconfigure on web2: rc {reconf.returncode}\n{reconf.stdout}{reconf.stderr}"
+    url = f"https://{ADDR['web2']}"
+    wait_until("web2: /readyz 200 against the promoted host", lambda: env.client.curl(f"{url}/readyz")[0] == 200, 60)
+    status, old = env.client.json(f"{url}/api/records/{got['id']}/")
+    status_new, new = env.client.json(
+        f"{url}/api/records/",
+        method="POST",
+        auth=env.user,
+        data=json.dumps({"title": f"after the promotion {TOKEN}", "body": "written through web2"}),
+    )
+    figure(
+        f"promotion: kiln promote {promote_secs:.1f}s (data host stopped), web2 reconfigured {reconf_secs:.1f}s; "
+        f"a record from before: {status}, a new one: {status_new}"
+    )
+    assert status == 200 and isinstance(old, dict) and old.get("title") == title, f"record {got['id']}: {status} {old}"
+    assert status_new == 201 and isinstance(new, dict), f"POST after the promotion: {status_new} {new}"
+    assert sql(replica, f"SELECT COUNT(*) FROM {RECORDS} WHERE id = {int(new['id'])}") == "1"

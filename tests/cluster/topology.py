@@ -27,8 +27,16 @@ PLACE = {
     "web2": (0.76, 0.44),
     "worker": (0.87, 0.14),
     "data": (0.33, 0.14),
+    "replica": (0.33, -0.1),
 }
-COLOUR = {"lb": "#fde2b8", "web": "#cfe8fc", "worker": "#d9f2d0", "data": "#f3d1dc", "client": "#eeeeee"}
+COLOUR = {
+    "lb": "#fde2b8",
+    "web": "#cfe8fc",
+    "worker": "#d9f2d0",
+    "data": "#f3d1dc",
+    "data-replica": "#ead9f5",
+    "client": "#eeeeee",
+}
 # (from, to, label): the connections the test exercises
 LINKS = [
     ("client", "lb", "HTTPS 443"),
@@ -37,6 +45,7 @@ LINKS = [
     ("web1", "data", "3306, 6379, 6380"),
     ("web2", "data", "3306, 6379, 6380"),
     ("worker", "data", "3306, 6379, 6380"),
+    ("data", "replica", "3306: GTID replication; backups from the replica"),
 ]
 W, H = 0.34, 0.13
 
@@ -51,9 +60,9 @@ def label(name: str) -> str:
 
 
 def main(out: str) -> None:
-    fig, ax = plt.subplots(figsize=(10, 7.5))
+    fig, ax = plt.subplots(figsize=(10, 9.2))
     ax.set_xlim(0.1, 1.06)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(-0.2, 1)
     ax.axis("off")
     for name, (x, y) in PLACE.items():
         colour = COLOUR["client" if name == "client" else ROLE[name]]

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import ssl
 import subprocess
@@ -46,6 +47,7 @@ SUPERVISOR_SOCK = "/run/supervisor.sock"
 MAINTENANCE_FLAG = Path("/var/lib/kiln-maintenance")
 MAINTENANCE_SNIPPET = Path("/etc/nginx/snippets/kiln-maintenance.conf")
 LOG_LINES = 200
+REPLICA_LAG_WARN = 300  # seconds a replica may lag before kiln status warns
 
 # The units every Kiln server runs (DB_SERVICE of the distro profile: mariadb.service on Debian), active at all times.
 CORE_UNITS = ["nginx.service", "{db}", "redis-server@cache.service", "redis-server@queue.service", "supervisor.service"]
@@ -396,6 +398,40 @@ def record_line(rec: dict | None) -> str:
     return f"ok {rec.get('finished_at')} ({rec.get('seconds')} s, snapshot {rec.get('snapshot')})"
 
 
+def replication_status(role: str) -> dict[str, str]:
+    """The local database's side of a cluster's replication: a replica's SHOW SLAVE STATUS fields, a data host's
+    connected replicas (SHOW SLAVE HOSTS)."""
+    client = shutil.which("mariadb") or "mysql"
+    query = "SHOW SLAVE STATUS\\G" if role == "data-replica" else "SHOW SLAVE HOSTS"
+    res = subprocess.run([client, "-B", "-e", query], capture_output=True, text=True, check=False)
+    if res.returncode:
+        return {"error": (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]}
+    if role != "data-replica":
+        hosts = [line.split("\t")[1] for line in res.stdout.splitlines()[1:] if "\t" in line]
+        return {"replicas": ", ".join(hosts) or "none connected"}
+    fields = {k: v.strip() for k, _, v in (line.strip().partition(":") for line in res.stdout.splitlines())}
+    wanted = ("Master_Host", "Slave_IO_Running", "Slave_SQL_Running", "Seconds_Behind_Master", "Gtid_IO_Pos")
+    return {k: fields.get(k, "") for k in (*wanted, "Last_IO_Error", "Last_SQL_Error")} if fields else {}
+
+
+def judge_replication(report: Report, role: str) -> None:
+    if role not in ("data", "data-replica"):
+        return
+    rep = replication_status(role)
+    report.parts["replication"] = rep
+    if "error" in rep:
+        report.problems.append(f"replication status: {rep['error']}")
+    elif role == "data-replica":
+        if not rep:
+            report.problems.append("replication: not set up on this replica (kiln-backup seed-replica)")
+        elif rep["Slave_IO_Running"] != "Yes" or rep["Slave_SQL_Running"] != "Yes":
+            why = rep["Last_IO_Error"] or rep["Last_SQL_Error"] or "stopped"
+            running = f"IO {rep['Slave_IO_Running']}, SQL {rep['Slave_SQL_Running']}"
+            report.problems.append(f"replication from {rep['Master_Host']}: {running}: {why}")
+        elif rep["Seconds_Behind_Master"].isdigit() and int(rep["Seconds_Behind_Master"]) > REPLICA_LAG_WARN:
+            report.warnings.append(f"replication: {rep['Seconds_Behind_Master']} s behind {rep['Master_Host']}")
+
+
 def release_info() -> dict[str, str]:
     stamp = read_kv(RELEASE_STAMP)
     current = os.path.basename(os.readlink(CURRENT)) if CURRENT.is_symlink() else ""
@@ -424,6 +460,7 @@ def collect(env_file: Path = ENV_FILE, app_file: Path = APP_ENV, status_dir: Pat
     if role in ("all", "web", "worker"):
         judge_ready(report, kiln_ready.run_checks(env_file, app_file, data_only=role == "worker"))
     report.parts["role"] = role
+    judge_replication(report, role)
     judge_disk(report, local_mounts())
     status_reboot(report)
     judge_mail(report, env)
@@ -447,6 +484,10 @@ def render_text(report: Report) -> str:
     out += [f"  {mark[r['ok']]} {r['program']:<40} {r['state']}  {r['detail']}" for r in p.get("programs", [])]
     out.append("readiness")
     out += [f"  {mark[r['ok']]} {r['name']:<10} {r['ms']:6.0f} ms  {r['detail']}" for r in p.get("ready", [])]
+    rep = p.get("replication")
+    if rep is not None:
+        shown = {k: v for k, v in rep.items() if v and not k.startswith("Last_")} or {"replication": "not set up"}
+        out.append("replication  " + ", ".join(f"{k} {v}" for k, v in shown.items()))
     out.append("disk")
     out += [f"  {'WARN' if r['warning'] else 'ok  '} {r['line']}" for r in p.get("disk", [])]
     reboot = p.get("reboot", {})
@@ -646,10 +687,15 @@ COMMANDS = [
     Command("tls", "DOMAIN EMAIL", "a Let's Encrypt certificate for DOMAIN (kiln-letsencrypt)", 2, 2),
     Command(
         "role-env",
-        "web|worker",
-        "on a cluster's data host: the overrides (user-data) of its web or worker hosts (kiln-firstboot)",
+        "web|worker|data-replica",
+        "on a cluster's data host: the overrides (user-data) of its web, worker or replica hosts (kiln-firstboot)",
         1,
         1,
+    ),
+    Command(
+        "promote",
+        "",
+        "on a cluster's replica: end replication, make it writable and the cluster's data host (kiln-firstboot)",
     ),
     Command("backup", "", "back up now (kiln-backup backup)"),
     Command("restore", "[SNAPSHOT]", "restore SNAPSHOT, else the latest (kiln-backup restore)", 0, 1),
@@ -672,6 +718,7 @@ HANDLERS = {
     "maintenance": cmd_maintenance,
     "tls": delegate("kiln-letsencrypt"),
     "role-env": delegate("kiln-firstboot", "role-env"),
+    "promote": delegate("kiln-firstboot", "promote"),
     "backup": cmd_backup("backup"),
     "restore": cmd_backup("restore"),
     "logs": cmd_logs,
@@ -686,7 +733,7 @@ def help_text() -> str:
     lines += ["", "exit status:"]
     lines += [f"  {code}  {what}" for code, what in EXIT_CODES]
     lines += [
-        "  deploy, rollback, releases, manage, tls, role-env, backup, restore, logs:"
+        "  deploy, rollback, releases, manage, tls, role-env, promote, backup, restore, logs:"
         " the exit status of the tool they run"
     ]
     return "\n".join(lines)

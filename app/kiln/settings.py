@@ -6,7 +6,7 @@ If KILN_ENV_FILE names a file it is read first; real environment variables win o
 import importlib.util
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -86,13 +86,45 @@ TEMPLATES = [
 ]
 
 # --- Database (MySQL/MariaDB via mysqlclient) ---
-DATABASES = {
-    "default": env.db(
-        "DATABASE_URL",
-        default="mysql://kiln@localhost/kiln?unix_socket=/run/mysqld/mysqld.sock",
-    )
-}
+# Not a setting (upper case): Django's error pages would show its password.
+_database_url = env.str("DATABASE_URL", default="mysql://kiln@localhost/kiln?unix_socket=/run/mysqld/mysqld.sock")
+DATABASES = {"default": env.db_url_config(_database_url)}
 _db_options = DATABASES["default"].setdefault("OPTIONS", {})
+# The URL's options as Kiln's own clients read them (kiln-ready, kiln-backup: database_url in kiln_ready.py; README,
+# "Managed databases and Redis over TLS"; tests/tools/test_managed_tls.py keeps the two in step). django-environ hands
+# every option it does not know to mysqlclient as it is: ?ssl-ca=FILE would fail at the first query ("an invalid
+# keyword argument"), a misspelt one too. The TLS options are spelt as MySQL's and MariaDB's clients spell them.
+_DB_URL_TLS = ("ssl-mode", "ssl-ca", "ssl-cert", "ssl-key")
+_DB_URL_ENVIRON = ("conn_max_age", "conn_health_checks", "atomic_requests", "autocommit", "disable_server_side_cursors")
+_DB_URL_OTHER = ("unix_socket", *_DB_URL_ENVIRON, "charset", "connect_timeout", "init_command", "isolation_level")
+_DB_URL_OTHER += ("read_timeout", "write_timeout")
+_db_tls: dict[str, str] = {}
+_seen: set[str] = set()
+for _name, _value in parse_qsl(urlsplit(_database_url).query, keep_blank_values=True):
+    _key = _name.lower() if _name.lower() in _DB_URL_ENVIRON else _name  # django-environ's own: any case
+    if _key not in _DB_URL_TLS + _DB_URL_OTHER:
+        raise ImproperlyConfigured(
+            f"DATABASE_URL option {_name!r} is not one Kiln knows "
+            f"(TLS: {', '.join(_DB_URL_TLS)}; also: {', '.join(_DB_URL_OTHER)})."
+        )
+    if not _value or _key in _seen:
+        raise ImproperlyConfigured(f"DATABASE_URL option {_name!r} {'is given twice' if _value else 'has no value'}.")
+    _seen.add(_key)
+    if _key in _DB_URL_TLS:
+        _db_tls[_key] = _value
+        _db_options.pop(_name, None)
+if _db_tls:
+    _mode = _db_tls.pop("ssl-mode", "").upper()
+    if _mode not in ("", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY"):
+        raise ImproperlyConfigured(f"DATABASE_URL: ssl-mode={_mode} is not REQUIRED, VERIFY_CA or VERIFY_IDENTITY.")
+    if ("ssl-cert" in _db_tls) != ("ssl-key" in _db_tls):
+        raise ImproperlyConfigured("DATABASE_URL: a client certificate needs both ssl-cert and ssl-key.")
+    # A CA is given to check the server against (MySQL's client does so with REQUIRED too). VERIFY_IDENTITY in any
+    # case: mysqlclient on libmariadb checks the host name with either, on libmysqlclient only with this one.
+    _verify = "ssl-ca" in _db_tls or _mode.startswith("VERIFY_")
+    _db_options["ssl_mode"] = "VERIFY_IDENTITY" if _verify else "REQUIRED"
+    if _db_tls:
+        _db_options["ssl"] = {k.removeprefix("ssl-"): v for k, v in _db_tls.items()}
 _db_options.setdefault("charset", "utf8mb4")
 # Fail fast (readyz, 503 pages) instead of hanging a worker when the DB host is unreachable.
 _db_options.setdefault("connect_timeout", 5)

@@ -203,6 +203,8 @@ def env() -> Iterator[Env]:
         cl.add("replica", role_env["data-replica"])
         # Not strict: a host that does not come up fails the checks that need it, the others still run.
         broken = cl.boot(["web1", "web2", "worker", "lb", "replica"], ready, strict=False)
+        if broken:
+            print(cl.diagnose(list(broken)), flush=True)
         up = len(ROLE) - len(broken)
         took = time.monotonic() - cl.hosts["data"].times["boot started"]
         figure(f"cluster: {up} of {len(ROLE)} hosts up in {took:.1f}s")
@@ -320,6 +322,9 @@ def test_each_role_exposes_only_its_ports(env: Env, name: str) -> None:
     assert reachable == ROLE_PORTS[ROLE[name]], (
         f"{name} (role {ROLE[name]}): reachable {sorted(reachable)}, wanted {sorted(ROLE_PORTS[ROLE[name]])}"
     )
+    # ...and the others dropped by the firewall (no answer), not only unserved: a refused port is one ufw lets through
+    let_through = sorted(port for port, state in scan.items() if state not in ("open", "timeout"))
+    assert not let_through, f"{name} (role {ROLE[name]}): the firewall lets through {let_through}: {scan}"
 
 
 def test_the_client_address_reaches_web1s_log_and_django(env: Env) -> None:

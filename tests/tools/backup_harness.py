@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,8 +131,12 @@ class Env:
         return json.loads(res.stdout) or []
 
 
-def start_mariadb(base: Path) -> tuple[subprocess.Popen, Path]:
-    """A MariaDB server on BASE/data with its system tables (mariadb-dump --routines reads mysql.proc), socket only."""
+def start_mariadb(
+    base: Path, port: int | None = None, server_args: Sequence[str] = ()
+) -> tuple[subprocess.Popen, Path]:
+    """A MariaDB server on BASE/data with its system tables (mariadb-dump --routines reads mysql.proc): its socket
+    only, or also 127.0.0.1:PORT; SERVER_ARGS are added to mariadbd's command line (tests/tools/test_managed_tls.py:
+    its TLS certificate and require_secure_transport)."""
     data, sock = base / "data", base / "mysqld.sock"
     base.mkdir(parents=True, exist_ok=True)
     os.chmod(base, 0o755)
@@ -142,8 +147,9 @@ def start_mariadb(base: Path) -> tuple[subprocess.Popen, Path]:
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     proc = subprocess.Popen(
-        [MARIADBD, "--no-defaults", f"--datadir={data}", f"--socket={sock}", "--skip-networking", "--user=mysql",
-         f"--log-error={base}/error.log", "--skip-log-bin", "--innodb-buffer-pool-size=32M"],
+        [MARIADBD, "--no-defaults", f"--datadir={data}", f"--socket={sock}", "--user=mysql",
+         *(["--skip-networking"] if port is None else [f"--port={port}", "--bind-address=127.0.0.1"]),
+         f"--log-error={base}/error.log", "--skip-log-bin", "--innodb-buffer-pool-size=32M", *server_args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 60

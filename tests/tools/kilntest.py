@@ -11,7 +11,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load(name: str, path: Path) -> ModuleType:
-    """The file at path as module name, registered in sys.modules (dataclasses look their module up there)."""
+    """The file at path as module name, registered in sys.modules (dataclasses look their module up there); one
+    module per file however many test files load it (kiln_cli imports kiln_ready: the suites see the same one)."""
+    known = sys.modules.get(name)
+    if known is not None and Path(getattr(known, "__file__", "") or "").resolve() == path.resolve():
+        return known
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader, path
     module = sys.modules[name] = importlib.util.module_from_spec(spec)

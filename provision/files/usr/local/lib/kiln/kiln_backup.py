@@ -4,8 +4,10 @@
   config ENVFILE            check the backup settings in the instance env; print them as shell assignments (quoted)
   dbconf ENVFILE OUT SOCK   write a MariaDB/MySQL client option file (0600) for the app's DATABASE_URL: the local
                             server as root over its unix socket (SOCK unless the URL names one), any other host with
-                            the URL's user and password; print DB_NAME=... and DB_LOCAL=1|0 assignments
-  redis ENVFILE KEY         host, port, db and password of the Redis URL KEY (CACHE_URL), one per line
+                            the URL's user and password and its TLS options (kiln_ready.database_url: an unknown
+                            option is an error); print DB_NAME=... and DB_LOCAL=1|0 assignments
+  redis ENVFILE KEY         host, port, db and password of the Redis URL KEY (CACHE_URL), then redis-cli's options
+                            for its user and TLS (kiln_ready.redis_url), one per line
   scan DUMP MANIFEST        copy stdin (a mariadb-dump) to DUMP and write MANIFEST: the tables and their rows as the
                             dump holds them, the applied migrations (django_migrations' rows in the dump), the
                             dump's size, sha256 and whether it ends with the "-- Dump completed" trailer
@@ -35,7 +37,9 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kiln_ready  # beside this file: its reading of DATABASE_URL and the Redis URLs, the one Kiln has
 
 # The backup settings an operator may give (README, "Backups and disaster recovery"), with their defaults.
 DEFAULTS = {
@@ -133,41 +137,46 @@ def config(envfile: str) -> list[str]:
 
 def dbconf(envfile: str, out: str, socket: str) -> list[str]:
     env = read_env(envfile)
-    url = env.get("DATABASE_URL", "")
-    if not url:
+    if not env.get("DATABASE_URL"):
         raise Problem(f"no DATABASE_URL in {envfile} (first boot has not run?)")
-    u = urlparse(url)
-    if u.scheme not in ("mysql", "mysql2", "mariadb", "mysqlgis"):
-        raise Problem(f"DATABASE_URL in {envfile} is not a MySQL/MariaDB URL (scheme {u.scheme!r})")
-    name = unquote(u.path.lstrip("/"))
-    if not re.fullmatch(r"[A-Za-z0-9_$]+", name):
-        raise Problem(f"DATABASE_URL in {envfile} names the database {name!r}: not a plain name")
-    sock = parse_qs(u.query).get("unix_socket", [""])[0] or socket
-    local = (u.hostname or "localhost") in ("localhost", "127.0.0.1", "::1")
+    try:
+        db = kiln_ready.database_url(env["DATABASE_URL"])
+    except kiln_ready.URLError as exc:
+        raise Problem(f"{exc} (in {envfile})") from None
+    if not re.fullmatch(r"[A-Za-z0-9_$]+", db.database):
+        raise Problem(f"DATABASE_URL in {envfile} names the database {db.database!r}: not a plain name")
+    local = (db.host or "localhost") in ("localhost", "127.0.0.1", "::1")
     if local:
         # The local server: root over its unix socket (unix_socket authentication, no password anywhere), so the
-        # dump holds every trigger and routine and a restore may drop and create the database.
-        lines = ["user=root", f"socket={sock}"]
+        # dump holds every trigger and routine and a restore may drop and create the database. No TLS on a socket.
+        options: dict[str, str | None] = {"user": "root", "socket": db.socket or socket}
     else:
-        lines = [f"user={unquote(u.username or '')}", f"host={u.hostname}"]
-        if u.port:
-            lines.append(f"port={u.port}")
-        if u.password:
-            pw = unquote(u.password).replace("\\", "\\\\").replace('"', '\\"')
-            lines.append(f'password="{pw}"')
+        options = db.client_options()
+    try:
+        text = kiln_ready.option_file(options)
+    except kiln_ready.URLError as exc:
+        raise Problem(f"DATABASE_URL in {envfile}: {exc}") from None
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write("[client]\n" + "\n".join(lines) + "\n")
-    return [f"DB_NAME={shlex.quote(name)}", f"DB_LOCAL={int(local)}"]
+        f.write(text)
+    return [f"DB_NAME={shlex.quote(db.database)}", f"DB_LOCAL={int(local)}"]
 
 
 def redis(envfile: str, key: str) -> list[str]:
+    """host, port, db, password, then redis-cli's options for the URL's user and TLS (one a line: --tls, --cacert,
+    FILE...)."""
     url = read_env(envfile).get(key, "")
     if not url:
         raise Problem(f"no {key} in {envfile}")
-    u = urlparse(url)
-    db = (u.path.lstrip("/") or "0").split("/")[0]
-    return [u.hostname or "127.0.0.1", str(u.port or 6379), db, unquote(u.password or "")]
+    try:
+        r = kiln_ready.redis_url(url, key)
+    except kiln_ready.URLError as exc:
+        raise Problem(f"{exc} (in {envfile})") from None
+    args = ["--user", r.username] if r.username else []
+    args += r.tls.cli_args(r.host) if r.tls else []
+    if any("\n" in a for a in [r.password, *args]):
+        raise Problem(f"{key} in {envfile}: a newline in its password or an option (kiln-backup reads lines)")
+    return [r.host, str(r.port), r.db, r.password, *args]
 
 
 # --- the dump ---------------------------------------------------------------------------------------------------

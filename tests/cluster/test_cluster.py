@@ -345,6 +345,29 @@ def test_the_client_address_reaches_web1s_log_and_django(env: Env) -> None:
     )
 
 
+def test_the_data_host_lets_the_roles_in_over_tls_only(env: Env) -> None:
+    """The cluster's database users log in over TLS only (REQUIRE SSL): web2's login with TLS is encrypted, the same
+    login without it is refused; the replica replicates over TLS."""
+    env.need("web2", "replica")
+    web2, replica = env.host("web2"), env.host("replica")
+    password = re.search(r"://kiln_web:([^@]+)@", env.role_env["web"])
+    assert password and "ssl-mode=REQUIRED" in env.role_env["web"], "`kiln role-env web` gives no TLS DATABASE_URL"
+
+    def login(*tls: str) -> tuple[int, str]:
+        query = ["-N", "-B", "-e", "SHOW STATUS LIKE 'Ssl_version'"]
+        res = web2.exec(
+            ["env", f"MYSQL_PWD={password[1]}", "mariadb", *tls, "-h", ADDR["data"], "-u", "kiln_web", *query]
+        )
+        return res.returncode, (res.stdout + res.stderr).strip()
+
+    with_tls, without = login("--ssl", "--skip-ssl-verify-server-cert"), login("--skip-ssl")
+    ssl = replication(replica).get("Master_SSL_Allowed")
+    figure(f"kiln_web from web2 to the data host: with TLS {with_tls}; without {without}; replication TLS {ssl}")
+    assert with_tls[0] == 0 and re.search(r"Ssl_version\s+TLSv1\.[23]", with_tls[1]), with_tls
+    assert without[0] != 0 and "Access denied" in without[1], f"a login without TLS: {without}"
+    assert ssl == "Yes", f"the replica's replication: {replication(replica)}"
+
+
 def test_restarting_the_queue_redis_loses_no_queued_job(env: Env) -> None:
     env.need("web2")
     worker, data = env.host("worker"), env.host("data")
@@ -564,6 +587,8 @@ def test_the_replica_has_every_committed_record(env: Env) -> None:
             "env",
             f"MYSQL_PWD={password[1]}",
             "mariadb",
+            "--ssl",
+            "--skip-ssl-verify-server-cert",
             "-h",
             ADDR["replica"],
             "-u",

@@ -392,7 +392,8 @@ kiln_role() { # this host's role: KILN_ROLE of the instance env (none before the
 role_units() { # role_units [ROLE]: the role-managed units ROLE runs, one a line (the others stay disabled)
   local r=${1:-$(kiln_role)}
   if role_has db "$r"; then echo "$DB_SERVICE"; fi
-  if role_has redis "$r"; then echo redis-server@cache.service; echo redis-server@queue.service; fi
+  # (the queue's metrics where the queue is: a host without it would fail the collector each minute)
+  if role_has redis "$r"; then echo redis-server@cache.service; echo redis-server@queue.service; echo kiln-metrics-rq.timer; fi
   if role_has web "$r" || role_has workers "$r"; then echo supervisor.service; fi
   if role_has web "$r"; then echo nginx.service; fi
   if role_has lb "$r"; then echo haproxy.service; fi

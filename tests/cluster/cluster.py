@@ -65,7 +65,7 @@ SCAN_PORTS = (22, 80, 443, 3306, 6379, 6380, 9100)
 ROLE = {"data": "data", "replica": "data-replica", "web1": "web", "web2": "web", "worker": "worker", "lb": "lb"}
 # The spec's table: the units a role runs (enabled and running); every other of these stays off.
 ROLE_UNITS = {
-    "data": {"mariadb.service", "redis-server@cache.service", "redis-server@queue.service"},
+    "data": {"mariadb.service", "redis-server@cache.service", "redis-server@queue.service", "kiln-metrics-rq.timer"},
     "data-replica": {"mariadb.service"},
     "web": {"supervisor.service", "nginx.service"},
     "worker": {"supervisor.service"},

@@ -603,11 +603,30 @@ def test_the_replica_has_every_committed_record(env: Env) -> None:
     )
 
 
+def kiln_status(host: Host) -> dict:
+    """`kiln status --json` on HOST, with its exit status as "rc"."""
+    res = host.exec(["/usr/local/sbin/kiln", "status", "--json"], timeout=120)
+    try:
+        return {**json.loads(res.stdout), "rc": res.returncode}
+    except ValueError:
+        raise AssertionError(
+            f"kiln status --json on {host.name}: rc {res.returncode}\n{res.stdout}{res.stderr}"
+        ) from None
+
+
 def test_backups_run_from_the_replica_while_it_replicates(env: Env) -> None:
     """The replica backs up; the data host's run leaves it to the replica while one is connected. A replica that
-    stopped replicating refuses to back up (naming it), and the data host then backs up itself."""
+    stopped replicating refuses to back up (naming it), and the data host then backs up itself; `kiln status` shows
+    replication on both, and a stopped one as a problem (exit 3)."""
     env.need("data", "replica")
     data, replica = env.host("data"), env.host("replica")
+    running, primary = kiln_status(replica), kiln_status(data)
+    assert running["replication"].get("Slave_IO_Running") == "Yes" and running["problems"] == [], (
+        f"kiln status on the replicating replica: {running}"
+    )
+    assert primary["replication"].get("replicas") == ADDR["replica"] and primary["problems"] == [], (
+        f"kiln status on the data host: {primary}"
+    )
     on_replica = replica.exec(["/usr/local/sbin/kiln", "backup"], timeout=300)
     on_data = data.exec(["/usr/local/sbin/kiln-backup", "backup"], timeout=300)
     said = (on_replica.stdout + on_replica.stderr).strip().splitlines()
@@ -625,8 +644,15 @@ def test_backups_run_from_the_replica_while_it_replicates(env: Env) -> None:
         wait_until("the data host sees no replica", lambda: not sql(data, "SHOW SLAVE HOSTS"), 60)
         stopped = replica.exec(["/usr/local/sbin/kiln-backup", "backup"], timeout=300)
         alone = data.exec(["/usr/local/sbin/kiln-backup", "backup"], timeout=300)
+        halted = kiln_status(replica)
     finally:
         sql(replica, "START SLAVE")
+    said = [p for p in halted["problems"] if p.startswith(f"replication from {ADDR['data']}")]
+    figure(
+        f"kiln status: the data host rc {primary['rc']} {primary['problems']}; the replica replicating rc "
+        f"{running['rc']} {running['problems']}, stopped rc {halted['rc']}: {said}"
+    )
+    assert halted["rc"] == 3 and said, f"kiln status on a stopped replica: rc {halted['rc']}, {halted['problems']}"
     figure(f"replication stopped: the replica's backup rc {stopped.returncode}; the data host's rc {alone.returncode}")
     assert stopped.returncode != 0 and "does not replicate" in stopped.stdout + stopped.stderr, (
         f"a stopped replica's backup: rc {stopped.returncode}\n{stopped.stdout}{stopped.stderr}"
@@ -657,7 +683,11 @@ def test_promoting_the_replica_makes_it_the_data_host(env: Env) -> None:
     promote_secs = time.monotonic() - t0
     assert promoted.returncode == 0, f"kiln promote: rc {promoted.returncode}\n{promoted.stdout}{promoted.stderr}"
     units = replica.out(f"systemctl is-active {' '.join(sorted(ROLE_UNITS['data']))}").split()
-    assert sql(replica, "SELECT @@read_only") == "0" and units == ["active"] * 3 and not replication(replica), (
+    assert (
+        sql(replica, "SELECT @@read_only") == "0"
+        and units == ["active"] * len(ROLE_UNITS["data"])
+        and not replication(replica)
+    ), (
         f"after kiln promote: read_only {sql(replica, 'SELECT @@read_only')}, units {units}, "
         f"replication {replication(replica)}"
     )

@@ -374,7 +374,9 @@ class Host:
             "echo '-- systemctl --failed'; systemctl --failed --no-legend --plain; "
             f"echo '-- journal of {FIRSTBOOT_UNITS} (tail)'; "
             f"journalctl -b --no-pager -o cat -n 40 -u '{FIRSTBOOT_UNITS}'; "
-            "echo '-- supervisorctl status'; supervisorctl status 2>&1 | head -20",
+            "echo '-- supervisorctl status'; supervisorctl status 2>&1 | head -20; "
+            # systemd's own word on a unit that would not (re)start: a spawn that failed, processes left over
+            "echo '-- the journal: errors of this boot (tail)'; journalctl -b --no-pager -o short-precise -p err -n 30",
             timeout=60,
         )
         return f"== {self.name} ({self.addr}):\n{res.stdout}{res.stderr}"

@@ -50,6 +50,9 @@ boot() {
   [ -e "/run/netns/$netns" ] || die "no network namespace /run/netns/$netns"
   NSPAWN_NETNS=/run/netns/$netns
   NSPAWN_SETTLE_SECS=0
+  # A cgroup of its own: containers started in the same one share their /system.slice, and one host's systemd then
+  # removes or reuses another's unit cgroups (a restart failed "Failed to spawn executor: No such file or directory").
+  NSPAWN_CGROUP=kiln-cluster-$name
   trap 'trap "" TERM INT; nspawn_stop; exit 0' TERM INT
   nspawn_boot "$root" "$name" || { nspawn_stop; exit 1; }
   echo "leader=$NSPAWN_LEADER nspawn=$NSPAWN_PID"

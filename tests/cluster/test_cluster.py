@@ -378,7 +378,9 @@ def test_restarting_the_queue_redis_loses_no_queued_job(env: Env) -> None:
         res = data.exec(
             "systemctl restart redis-server@queue.service && systemctl is-active redis-server@queue.service"
         )
-        assert res.returncode == 0, f"restart of the queue Redis on the data host: {res.stdout}{res.stderr}"
+        assert res.returncode == 0, f"restart of the queue Redis on the data host: {res.stdout}{res.stderr}" + diag(
+            env, "data"
+        )
     finally:
         worker.exec("supervisorctl start 'kiln-worker:*'")
     deadline = time.monotonic() + 180
@@ -622,10 +624,10 @@ def test_backups_run_from_the_replica_while_it_replicates(env: Env) -> None:
     data, replica = env.host("data"), env.host("replica")
     running, primary = kiln_status(replica), kiln_status(data)
     assert running["replication"].get("Slave_IO_Running") == "Yes" and running["problems"] == [], (
-        f"kiln status on the replicating replica: {running}"
+        f"kiln status on the replicating replica: {running}" + diag(env, "replica")
     )
     assert primary["replication"].get("replicas") == ADDR["replica"] and primary["problems"] == [], (
-        f"kiln status on the data host: {primary}"
+        f"kiln status on the data host: {primary}" + diag(env, "data")
     )
     on_replica = replica.exec(["/usr/local/sbin/kiln", "backup"], timeout=300)
     on_data = data.exec(["/usr/local/sbin/kiln-backup", "backup"], timeout=300)
@@ -681,7 +683,9 @@ def test_promoting_the_replica_makes_it_the_data_host(env: Env) -> None:
     t0 = time.monotonic()
     promoted = replica.exec(["/usr/local/sbin/kiln", "promote"], timeout=600)
     promote_secs = time.monotonic() - t0
-    assert promoted.returncode == 0, f"kiln promote: rc {promoted.returncode}\n{promoted.stdout}{promoted.stderr}"
+    assert promoted.returncode == 0, (
+        f"kiln promote: rc {promoted.returncode}\n{promoted.stdout}{promoted.stderr}" + diag(env, "replica")
+    )
     units = replica.out(f"systemctl is-active {' '.join(sorted(ROLE_UNITS['data']))}").split()
     assert (
         sql(replica, "SELECT @@read_only") == "0"

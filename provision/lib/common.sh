@@ -389,6 +389,12 @@ role_has() { # role_has PART [ROLE]: ROLE (default: this host's) runs PART
 kiln_role() { # this host's role: KILN_ROLE of the instance env (none before the first boot: all)
   local r; r=$(env_value "$KILN_INSTANCE_ENV" KILN_ROLE); echo "${r:-all}"
 }
+replication_status() { # replication_status FIELD...: the local database's replication (SHOW SLAVE STATUS), FIELD=VALUE
+  # a line, nothing when it follows no primary; fails when the server cannot be asked (kiln-backup, kiln-firstboot)
+  "$DB_CLIENT" -e 'SHOW SLAVE STATUS\G' | awk -v want=" $* " '{
+    line = $0; sub(/^ +/, "", line); k = line; sub(/:.*/, "", k); v = line; sub(/^[^:]*: ?/, "", v)
+    if (index(want, " " k " ")) print k "=" v }'
+}
 role_units() { # role_units [ROLE]: the role-managed units ROLE runs, one a line (the others stay disabled)
   local r=${1:-$(kiln_role)}
   if role_has db "$r"; then echo "$DB_SERVICE"; fi

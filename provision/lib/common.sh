@@ -300,6 +300,10 @@ gen_secret() { openssl rand -hex "${1:-24}"; }
 # kiln-gunicorn waits while this exists (kiln-firstboot.service removes it also when the stage fails).
 # shellcheck disable=SC2034
 KILN_CONFIG_PENDING=/run/kiln-config.pending
+# Left by a boot's config stage for kiln-firstboot-late.service (kiln-firstboot late, once the app answers): the
+# app's config to render again with the operator's JOB_TIMEOUT (the stop waits only; nothing the first request needs).
+# shellcheck disable=SC2034
+KILN_LATE_PENDING=/run/kiln-firstboot-late.pending
 
 # --- The app's web server: each value stated once, here, and rendered into every consumer: kiln-gunicorn (its
 # sockets, timeouts), supervisor's kiln.conf (stopwaitsecs, rendered by step 50 with render_vars), nginx's upstream

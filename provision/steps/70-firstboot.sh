@@ -8,7 +8,7 @@ set -euo pipefail
 
 put usr/local/sbin/kiln-firstboot 0755 || true
 put usr/local/sbin/kiln-letsencrypt 0755 || true
-for unit in kiln-firstboot-secrets.service kiln-firstboot.service kiln-firstboot-db.service; do
+for unit in kiln-firstboot-secrets.service kiln-firstboot.service kiln-firstboot-db.service kiln-firstboot-late.service; do
   if put "etc/systemd/system/$unit"; then need_restart daemon-reload; fi
   svc_enable "$unit" || true
 done

@@ -131,7 +131,7 @@ profile() { # profile NAME: what lay on the path to the first /readyz 200, and h
     echo "== systemd-analyze critical-chain supervisor.service nginx.service"
     systemd-analyze critical-chain --no-pager supervisor.service nginx.service 2>&1 | grep -v "^The time"
     echo "== systemd-analyze blame (top 15)"; systemd-analyze blame --no-pager 2>&1 | head -15
-    echo "== kiln-firstboot"; journalctl -b -u kiln-firstboot-secrets -u kiln-firstboot -u kiln-firstboot-db --no-pager -o cat | grep "kiln-firstboot:"
+    echo "== kiln-firstboot"; journalctl -b -u kiln-firstboot-secrets -u kiln-firstboot -u kiln-firstboot-db -u kiln-firstboot-late --no-pager -o cat | grep "kiln-firstboot:"
     echo "== rq workers"; grep -h "^kiln-rqworker" /var/log/kiln/worker-*.log
   '\''' >"$work/$n.profile" 2>&1 || true
   sed 's/^/    /' "$work/$n.profile"

@@ -112,7 +112,9 @@ echo "== ds-identify"; grep '^datasource_list' /run/cloud-init/cloud.cfg
 echo "== firstboot"; systemctl is-active kiln-firstboot-secrets kiln-firstboot kiln-firstboot-db
 echo "== overrides"; stat -c '%a %U' /etc/kiln/overrides.env; cat /etc/kiln/overrides.env
 echo "== kiln.env"; sed -n '/^# --- from/,$p' /etc/kiln/kiln.env
-# the first boot rendered the app's config with the operator's job timeout (kiln-release configure)
+# the first boot rendered the app's config with the operator's job timeout (kiln-release configure, by
+# kiln-firstboot-late.service once the app answers: its queued or running job waited for, bounded)
+for _ in $(seq 240); do systemctl list-jobs --no-legend --plain | grep -q '^[0-9]* *kiln-firstboot-late' || break; sleep 0.5; done
 echo "== job-timeout"; grep -h '^stopwaitsecs=' /etc/supervisor/conf.d/kiln-workers.conf 2>/dev/null | sort -u
 busctl get-property org.freedesktop.systemd1 /org/freedesktop/systemd1/unit/supervisor_2eservice \
   org.freedesktop.systemd1.Service TimeoutStopUSec | awk '{print "TimeoutStopSec=" $2 / 1000000}'

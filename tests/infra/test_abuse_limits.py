@@ -108,6 +108,15 @@ def test_repeated_failed_admin_logins_get_the_client_banned(host, clients):
         f"fail2ban's {JAIL} jail bans {src}",
         evidence=lambda: out(host, f"fail2ban-client status {JAIL}; tail -n 8 /var/log/nginx/access.log", ok=None),
     )
+    # fail2ban lists an address as banned before its ban action has run (iptables-multiport: on the jail's first ban
+    # its chain too, each iptables call ~1 s under TCG): the ban is in force once the action's rule is there.
+    wait_for(
+        lambda: f"-s {src}/32 " in out(host, "iptables -w -S", ok=None),
+        60,
+        1,
+        f"the firewall rule of the ban of {src}",
+        evidence=lambda: out(host, f"iptables -w -S; fail2ban-client status {JAIL}", ok=None),
+    )
     after = out(host, _curl(host, src, "") + "/healthz || true")
     assert after == "000", f"{src} is banned, yet its request got an HTTP answer: {after}"
     other = out(host, _curl(host, clients[2], "") + "/healthz || true")

@@ -305,6 +305,11 @@ KILN_CONFIG_PENDING=/run/kiln-config.pending
 # shellcheck disable=SC2034
 KILN_LATE_PENDING=/run/kiln-firstboot-late.pending
 
+# The queue Redis's unix socket (step 30 renders it into its config; on a single server QUEUE_URL names it: kiln-firstboot).
+# Beside its pid file, in the directory its unit makes (RuntimeDirectory=redis-queue).
+# shellcheck disable=SC2034  # used by step 30 and kiln-firstboot
+KILN_QUEUE_SOCKET=/run/redis-queue/redis-server.sock
+
 # --- The app's web server: each value stated once, here, and rendered into every consumer: kiln-gunicorn (its
 # sockets, timeouts), supervisor's kiln.conf (stopwaitsecs, rendered by step 50 with render_vars), nginx's upstream
 # (web_upstream_snippet) and kiln-release's deploys (the health gate, the drains). See kiln-release's header for the

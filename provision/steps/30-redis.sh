@@ -21,5 +21,12 @@ for name in cache queue; do
   fi
   svc_enable "redis-server@$name.service" || true
 done
+# The queue's unix socket (redis-queue.conf includes it), for this server's own app and workers (QUEUE_URL:
+# kiln-firstboot): each of rq's ~25 Redis round trips a job costs less than over loopback TCP (make bench: the simple
+# worker's no-op jobs/s +15-20 %). Mode 777 as the loopback port is open to every local process: requirepass guards
+# both. The port stays: a cluster's hosts, redis-cli and the checks use it.
+printf '# Rendered by provision/steps/30-redis.sh (KILN_QUEUE_SOCKET, provision/lib/common.sh): do not edit.\nunixsocket %s\nunixsocketperm 777\n' \
+  "$KILN_QUEUE_SOCKET" | write_file /etc/redis/kiln-queue.socket.conf 0640 redis:redis \
+  && need_restart redis-server@queue.service
 # Included by both configs; its content comes from the hardening step 86 (an empty file keeps redis startable).
 if [ ! -e /etc/redis/kiln-hardening.inc ]; then : | write_file /etc/redis/kiln-hardening.inc 0640 redis:redis || true; fi

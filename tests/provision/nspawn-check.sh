@@ -205,6 +205,16 @@ app_probes() { # app_probes PHASE: what Kiln proves for every app, parametrised 
         "[ -n '$prog' ] && [[ ' $(group_var "${group:-none}" QUEUES 2>/dev/null) ' == *' $q '* ]]"
       [ -n "$prog" ] || printf '%s\n' "$out" | sed 's/^/      /'
     done
+    # rq names each worker's connection (CLIENT SETNAME): on a single server all of them come over the queue's socket.
+    local sock clients named
+    sock=$(cx bash -c '. /usr/local/lib/kiln/lib/common.sh && echo "$KILN_QUEUE_SOCKET"')
+    clients=$(rcli queue 6380 client list 2>&1 | tr -d '\r' || true)
+    named=$(grep ' name=[^ ]' <<<"$clients" || true)
+    check "$1: QUEUE_URL is the queue Redis's unix socket ($sock), and each rq worker's connection comes over it" bash -c \
+      "grep -q '^QUEUE_URL=unix://:[^@]*@$sock?db=0\$' <(cx cat /etc/kiln/kiln.env) && [ -n '$named' ] && ! grep -qv ' addr=$sock:' <<<'$named'"
+    check "$1: as many named connections to the queue Redis as rq worker programs run" test \
+      "$(grep -c . <<<"$named")" -ge "$(grep -c '^kiln-worker:.* RUNNING' <<<"$status")"
+    if ! grep -q " addr=$sock:" <<<"$named"; then printf '%s\n' "$clients" | sed 's/^/      /'; fi
   fi
   for g in "${KILN_APP_TIMERS[@]}"; do
     check "$1: timer kiln-app-$g.timer enabled and active" test \

@@ -206,8 +206,7 @@ app_probes() { # app_probes PHASE: what Kiln proves for every app, parametrised 
       [ -n "$prog" ] || printf '%s\n' "$out" | sed 's/^/      /'
     done
     # rq names each worker's connection (CLIENT SETNAME): on a single server all of them come over the queue's socket.
-    local sock clients named
-    sock=$(cx bash -c '. /usr/local/lib/kiln/lib/common.sh && echo "$KILN_QUEUE_SOCKET"')
+    local sock=$QUEUE_SOCK clients named
     clients=$(rcli queue 6380 client list 2>&1 | tr -d '\r' || true)
     named=$(grep ' name=[^ ]' <<<"$clients" || true)
     check "$1: QUEUE_URL is the queue Redis's unix socket ($sock), and each rq worker's connection comes over it" bash -c \
@@ -330,6 +329,9 @@ check "MariaDB TLS: the per-boot EC certificate of kiln-tls.conf, not an RSA key
   "$(cx mariadb -N -e 'select @@ssl_cert' | xargs)" = /run/mysqld/kiln-tls.crt
 check "MariaDB listens on loopback only" bash -c "! ss -ltnH | awk '{print \$4}' | grep ':3306\$' | grep -v '^127.0.0.1:'"
 check "redis cache (6379) refuses unauthenticated commands" bash -c "cx redis-cli -p 6379 ping 2>&1 | grep -q NOAUTH"
+QUEUE_SOCK=$(cx bash -c '. /usr/local/lib/kiln/lib/common.sh && echo "$KILN_QUEUE_SOCKET"')
+check "redis queue's unix socket $QUEUE_SOCK (mode 777: any local user, as the port) refuses unauthenticated commands" bash -c \
+  "cx runuser -u nobody -- redis-cli -s '$QUEUE_SOCK' ping 2>&1 | grep -q NOAUTH"
 rcli() { # rcli NAME PORT ARGS...: redis-cli against instance NAME with its password
   local n=$1 p=$2; shift 2
   cx bash -c "REDISCLI_AUTH=\$(awk '{print \$2}' /etc/redis/kiln-$n.auth.conf) exec redis-cli -p $p $*"

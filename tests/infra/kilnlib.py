@@ -351,6 +351,17 @@ def redis_cli(host, which: str, args: str, auth: bool = True, ok=(0,)):
     return sh(host, f"{pre}redis-cli --no-raw -h {h} -p {p} {args}", ok=ok)
 
 
+def redis_delete(host, which: str, pattern: str) -> None:
+    """Delete a test's keys (redis-cli --scan --pattern, DEL in batches) with the instance's password, and fail if
+    any is left: a fill left behind (a full queue Redis refuses every write) would fail every suite after it."""
+    h, p, pw = redis_conn(host, which)
+    cli = f"REDISCLI_AUTH={shlex.quote(pw)} redis-cli -h {h} -p {p}"
+    scan = f"{cli} --scan --pattern {shlex.quote(pattern)}"
+    sh(host, f"{scan} | REDISCLI_AUTH={shlex.quote(pw)} xargs -r -n 500 redis-cli -h {h} -p {p} DEL >/dev/null")
+    left = out(host, f"{scan} | head -3")
+    assert not left, f"redis {which}: keys {pattern} still there after DEL: {left}"
+
+
 def redis_info(host, which: str, section: str) -> dict[str, str]:
     text = redis_cli(host, which, f"INFO {section}").stdout
     info = {}

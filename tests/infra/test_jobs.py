@@ -16,6 +16,7 @@ from kilnlib import (
     out,
     redis_cli,
     redis_conn,
+    redis_delete,
     redis_info,
     sh,
     supervisor_status,
@@ -257,14 +258,7 @@ def test_full_cache_redis_evicts_to_stay_within_its_memory(host):
         assert evicted > 0, f"cache redis evicted nothing after writing {calls * 5} MiB: {cache_after}"
         assert used <= maxmem * 1.1, f"cache used_memory {used} > maxmemory {maxmem}"
     finally:
-        sh(host, "true")
-        h = "REDISCLI_AUTH=\"$(sed -n 's#^CACHE_URL=redis://:\\([^@]*\\)@.*#\\1#p' /etc/kiln/kiln.env)\" "
-        sh(
-            host,
-            f"{h} redis-cli -p 6379 --scan --pattern 'kiln-infra-fill:*' | "
-            f"{h} xargs -r -n 500 redis-cli -p 6379 DEL >/dev/null",
-            ok=None,
-        )
+        redis_delete(host, "cache", "kiln-infra-fill:*")
     # the app still works with its cache churned
     r = json.loads(out(host, "curl -s -H 'Host: localhost' http://127.0.0.1/readyz"))
     assert r["cache"]["ok"] and r["queue"]["ok"], r
@@ -308,13 +302,7 @@ def test_full_queue_redis_refuses_writes_and_evicts_nothing(host):
         assert jobs == [kept], f"the job held in the full queue redis: {jobs}"
         print(f"queue redis full: write {refused[0]} refused ({refused[1]}), readyz {ready}, evicted 0, job kept")
     finally:
-        h = "REDISCLI_AUTH=\"$(sed -n 's#^QUEUE_URL=redis://:\\([^@]*\\)@.*#\\1#p' /etc/kiln/kiln.env)\" "
-        sh(
-            host,
-            f"{h} redis-cli -p 6380 --scan --pattern 'kiln-infra-qfill:*' | "
-            f"{h} xargs -r -n 500 redis-cli -p 6380 DEL >/dev/null",
-            ok=None,
-        )
+        redis_delete(host, "queue", "kiln-infra-qfill:*")
         rq(host, held + 'hq.empty()\nprint("{}")')
     r = json.loads(out(host, "curl -s -H 'Host: localhost' http://127.0.0.1/readyz"))
     assert r["queue"]["ok"], f"readiness after the queue redis was emptied again: {r}"

@@ -300,12 +300,6 @@ gen_secret() { openssl rand -hex "${1:-24}"; }
 # kiln-gunicorn waits while this exists (kiln-firstboot.service removes it also when the stage fails).
 # shellcheck disable=SC2034
 KILN_CONFIG_PENDING=/run/kiln-config.pending
-# Present from a boot's first-boot secrets stage (run by its unit) until kiln-web-ready.service ends (the app answered
-# through nginx, its bound ran out, or the host's role serves no web): the rq workers wait for it (kiln-rqworker), so
-# that their imports of the app (~4 s of CPU each under emulation, at the web's boot CPU weight: they run under
-# supervisor) do not compete with the database server's start and the database stage for the first request.
-# shellcheck disable=SC2034
-KILN_WEB_PENDING=/run/kiln-web.pending
 # Left by a boot's config stage for kiln-firstboot-late.service (kiln-firstboot late, once the app answers): the
 # app's config to render again with the operator's JOB_TIMEOUT (the stop waits only; nothing the first request needs).
 # shellcheck disable=SC2034

@@ -57,13 +57,11 @@ boot_cpu_weight 100 sshd-keygen
 put usr/local/lib/kiln/kiln-web-ready 0755 || true
 if put etc/systemd/system/kiln-web-ready.service; then need_restart daemon-reload; fi
 svc_enable kiln-web-ready.service || true
-# Services nothing on that path needs start once the app answers (kiln-web-ready.service ends then, or after its
-# bound): fail2ban (its start: ~3-5 s of CPU under emulation, reading the journal for its jails; sshd is up
-# meanwhile, with its own MaxAuthTries and LoginGraceTime), unattended-upgrades' shutdown helper (a Python process
-# that only waits for a signal), and the distro's boot-time chores: e2scrub_reap (removes stale e2scrub snapshots),
-# grub-common (records the boot as successful), sysstat (marks the restart in its activity log): ~0.5 s of CPU
-# together under emulation (process accounting of a first boot), taken from that path when they ran beside it.
-for unit in fail2ban unattended-upgrades e2scrub_reap grub-common sysstat; do
+# Long-running services nothing on that path needs start once the app answers (kiln-web-ready.service ends then, or
+# after its bound): fail2ban (its start: ~3-5 s of CPU under emulation, reading the journal for its jails; sshd is
+# up meanwhile, with its own MaxAuthTries and LoginGraceTime) and unattended-upgrades' shutdown helper (a Python
+# process that only waits for a signal).
+for unit in fail2ban unattended-upgrades; do
   if write_file "/etc/systemd/system/$unit.service.d/kiln-after-web.conf" 0644 root:root <<EOF2
 # Kiln (provision/steps/70-firstboot.sh): started once the app answers, off the path to the first served request.
 [Unit]

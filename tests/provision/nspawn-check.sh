@@ -306,19 +306,6 @@ workers_after_web() { # workers_after_web PHASE: every rq worker of this boot wa
   done
 }
 workers_after_web "first boot"
-# At boot the rq workers also wait until kiln-web-ready.service has seen the app answer through nginx (its marker
-# KILN_WEB_PENDING, made by the boot's secrets stage): their imports stay off the path to the first request.
-web_pending=$(cx bash -c '. /usr/local/lib/kiln/lib/common.sh && echo "$KILN_WEB_PENDING"')
-check "first boot: kiln-web-ready.service removed $web_pending once the app answered" cx test ! -e "$web_pending"
-wprog="kiln-worker:kiln-worker-${KILN_APP_WORKERS[0]}-0" wlog="/var/log/kiln/worker-${KILN_APP_WORKERS[0]}-0.log"
-wstarts=$(cx grep -c 'kiln-rqworker' "$wlog" || true)
-cx touch "$web_pending"
-cx supervisorctl restart "$wprog" >/dev/null || true
-check "an rq worker ($wprog) started while $web_pending exists waits (no rq started in $(cx supervisorctl status "$wprog" | awk '{print $NF}'))" \
-  test "$(cx grep -c 'kiln-rqworker' "$wlog" || true)" = "$wstarts"
-cx rm -f "$web_pending"
-wait_for 20 "once $web_pending is gone, that rq worker starts rq" bash -c \
-  "[ \"\$(cx grep -c 'kiln-rqworker' '$wlog')\" -gt '$wstarts' ] && cx grep 'kiln-rqworker' '$wlog' | tail -1 | grep -q 'kiln-web serves after'" || true
 
 say "image contents"
 check "no compiler left (gcc, cc absent; build-essential not installed)" \

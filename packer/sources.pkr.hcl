@@ -10,8 +10,12 @@ source "qemu" "kiln" {
   accelerator = var.accelerator
   cpus        = var.cpus
   memory      = var.memory
+  # One socket of var.cpus cores (Packer's own -smp is a socket per CPU): on more than one socket of this CPU model
+  # the guest kernel finds its TSCs "unsynchronized" and falls back to the HPET clocksource, and under TCG every clock
+  # read is then a system call and an emulated device access.
   qemuargs = [
     ["-cpu", "max"],
+    ["-smp", "cpus=${var.cpus},sockets=1,cores=${var.cpus},threads=1"],
     ["-serial", "file:${var.serial_log}"],
   ]
   headless       = true

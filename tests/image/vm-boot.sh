@@ -108,7 +108,9 @@ boot_vm() {
   t0=$EPOCHREALTIME
   # setsid: a session, so a scheduler autogroup, of its own: beside the Vagrant VM (libvirtd's autogroup) it gets an
   # equal share of the CPU, not a share of whatever else runs in this session
-  setsid qemu-system-x86_64 -accel "$ACCEL" -cpu max -smp "${SMP:-2}" -m "${MEM:-2048}" -display none -nodefaults \
+  # one socket (as QEMU >= 6.2 makes of a plain -smp N, said here for older ones): on more sockets of this CPU model
+  # the guest's kernel counts its TSCs as unsynchronized and keeps time with the emulated HPET (packer/sources.pkr.hcl)
+  setsid qemu-system-x86_64 -accel "$ACCEL" -cpu max -smp "${SMP:-2},sockets=1" -m "${MEM:-2048}" -display none -nodefaults \
     -serial "file:$serial" -no-reboot -qmp "unix:$work/$n-qmp.sock,server=on,wait=off" \
     -drive "file=$work/$n.qcow2,if=virtio,format=qcow2,discard=unmap" "$@" \
     -netdev "user,id=n0,${netdev:+$netdev,}hostfwd=tcp:127.0.0.1:$P22-:22,hostfwd=tcp:127.0.0.1:$P80-:80,hostfwd=tcp:127.0.0.1:$P443-:443" \

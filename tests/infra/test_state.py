@@ -218,3 +218,19 @@ def test_the_boot_gives_the_app_the_cpu_until_it_answers_then_starts_the_rest(ho
         )
     said = [line for line in log.splitlines() if "the app answers through nginx after" in line]
     print(f"{said[-1]}; weights now {weights}")
+
+
+# What a VPS's kernel keeps time with: KVM's clock, the CPU's TSC, or a hypervisor's page. A kernel that fell back to
+# an emulated timer chip (hpet, acpi_pm) makes every clock read a system call and a device access: Python, the
+# journal, MariaDB and nginx read the clock all the time. Under TCG that is what a guest of more than one socket gets
+# (its TSCs count as unsynchronized): the Vagrantfile and Packer give their VMs one socket.
+FAST_CLOCKSOURCES = {"kvm-clock", "tsc", "hyperv_clocksource_tsc_page", "xen", "arch_sys_counter"}
+
+
+def test_the_kernel_keeps_time_with_a_fast_clocksource(host):
+    base = "/sys/devices/system/clocksource/clocksource0"
+    current = out(host, f"cat {base}/current_clocksource")
+    seen = out(host, f"cat {base}/available_clocksource; lscpu | grep -E '^(Socket|Core|Thread)'")
+    kernel = out(host, "journalctl -k -b --no-pager -o cat | grep -iE 'tsc|clocksource' | tail -8")
+    assert current in FAST_CLOCKSOURCES, f"clocksource {current}; available and CPUs:\n{seen}\nkernel:\n{kernel}"
+    print(f"clocksource {current}; available and CPUs:\n{seen}")

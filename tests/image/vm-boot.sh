@@ -31,8 +31,9 @@ vmpid=""
 vm_image() {
   DISTRO=${DISTRO:-debian-13}
   local newest
+  # (no build/ at all is no image here: find's failure must not end a caller under `set -e -o pipefail` silently)
   newest=$(find "$repo/build/$DISTRO" -maxdepth 1 -name "kiln-$DISTRO-*.qcow2" -printf '%T@ %p\n' 2>/dev/null \
-    | sort -n | tail -1 | cut -d' ' -f2-)
+    | sort -n | tail -1 | cut -d' ' -f2- || true)
   IMAGE=${2:-${IMAGE:-$newest}}
   if [ -z "$IMAGE" ] || [ ! -r "$IMAGE" ]; then
     echo "$1: no image (build one: make image, or set IMAGE=)" >&2; exit 1

@@ -9,6 +9,9 @@ if put usr/local/lib/kiln/kiln-reap-group 0755; then need_restart kiln-web; need
 if put usr/local/lib/kiln/kiln-gunicorn 0755; then need_restart kiln-web; fi
 if put usr/local/lib/kiln/gunicorn.conf.py; then need_restart kiln-web; fi
 if put usr/local/lib/kiln/kiln-rqworker 0755; then need_restart kiln-worker; fi
+# supervisord's launcher: a change takes effect at supervisord's next start (it changes how supervisor is imported, not
+# what it runs; no restart of the app for it).
+put usr/local/lib/kiln/supervisord 0755 || true
 # kiln-workers.conf, the worker groups' programs, is the app's: kiln-release renders it from the contract (step 40).
 # kiln-web and kiln-web-next, their timeouts from lib/common.sh (render_vars), kept in the library directory and read by
 # supervisord from conf.d on a host whose role serves the web (role_supervisor_web: a worker host runs no gunicorn).

@@ -1,5 +1,6 @@
 """Crash recovery: kill -9 of every long-running piece comes back by itself (supervisor or systemd)."""
 
+import re
 import time
 
 import pytest
@@ -167,6 +168,22 @@ def test_each_rq_worker_restarts_after_kill(host, restart_timeout):
         assert took <= restart_timeout + 10, f"{name}: back after {took:.1f}s (pid {before.pid} -> {after.pid})"
         # the killed worker's scheduler process (--with-scheduler) must not live on unmanaged, holding the lock
         wait_no_strays(host, 15, f"{name}: the killed worker's children gone")
+
+
+def test_supervisord_starts_through_kilns_launcher_without_pkg_resources(host):
+    # supervisor 4.2's import of pkg_resources was ~1-1.8 s of emulated CPU at each start, on the first boot's path
+    # to the first answer (/usr/local/lib/kiln/supervisord says why; tests/tools/test_supervisord_launcher.py: how it
+    # resolves supervisor's specs)
+    pid = main_pid(host, "supervisor")
+    cmdline = sh(host, f"tr '\\0' ' ' </proc/{pid}/cmdline").stdout.strip()
+    assert cmdline == "/usr/bin/python3 -I /usr/local/lib/kiln/supervisord -n -c /etc/supervisor/supervisord.conf", (
+        f"supervisord (pid {pid}) runs as: {cmdline}"
+    )
+    out = sh(host, "python3 -I -X importtime /usr/local/lib/kiln/supervisord --version 2>&1").stdout
+    version = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"4\.[0-9.]+", version), f"the launcher's supervisord --version: {out[-2000:]}"
+    imported = [line for line in out.splitlines() if "pkg_resources" in line]
+    assert not imported, "supervisord's launcher imported pkg_resources:\n" + "\n".join(imported)
 
 
 def test_supervisord_is_restarted_by_systemd_with_its_programs(host, restart_timeout):

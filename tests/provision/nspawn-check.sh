@@ -317,6 +317,13 @@ check "/etc/kiln/kiln.env is 0640 root:kiln" test "$(cx stat -c '%a %U:%G' /etc/
 check "/etc/kiln/release has version/commit/date/distro" cx bash -c \
   "grep -qx 'KILN_VERSION=$VERSION' /etc/kiln/release && grep -qx 'KILN_COMMIT=$COMMIT' /etc/kiln/release && grep -q '^KILN_BUILD_DATE=20' /etc/kiln/release && grep -qx KILN_DISTRO=debian-13 /etc/kiln/release"
 check "redis auth files 0640 redis:redis" test "$(cx stat -c '%a %U:%G' /etc/redis/kiln-cache.auth.conf /etc/redis/kiln-queue.auth.conf | sort -u)" = "640 redis:redis"
+# supervisord through Kiln's launcher: the distro's supervisor, started without pkg_resources (tests/infra/test_restart.py:
+# the same on the VM; the launcher's resolution of supervisor's specs: tests/tools/test_supervisord_launcher.py)
+sup_pid=$(cx systemctl show -p MainPID --value supervisor.service)
+check "supervisord (pid $sup_pid) runs through /usr/local/lib/kiln/supervisord" \
+  bash -c "cx cat /proc/$sup_pid/cmdline | tr '\\0' ' ' | grep -q '^/usr/bin/python3 -I /usr/local/lib/kiln/supervisord -n -c /etc/supervisor/supervisord.conf'"
+check "supervisord's launcher starts the distro's supervisor without importing pkg_resources" bash -c \
+  "cx python3 -I -X importtime /usr/local/lib/kiln/supervisord --version 2>&1 | { out=\$(cat); grep -qx '4[.][0-9.]*' <<<\"\$out\" && ! grep -q pkg_resources <<<\"\$out\"; }"
 gunicorn_pattern() { local m=${KILN_APP_WSGI%%:*}; echo "gunicorn ${m//./[.]}"; }
 check "gunicorn ($KILN_APP_WSGI) workers = 2*CPU+1" test "$(cx pgrep -c -f "$(gunicorn_pattern)")" -eq $(( 2 * $(cx nproc) + 2 ))
 

@@ -1,9 +1,9 @@
-"""kiln-web's gunicorn: the app imported once, by the master, after it bound its socket (a request meanwhile waits
-and is answered, never refused), its workers forks of it; a database connection the import opened is not inherited by
-the workers; the master's objects frozen out of the workers' garbage collections; the "a worker serves" marker that
-kiln-rqworker waits for; the client's address (nginx's X-Real-IP) as REMOTE_ADDR. A real gunicorn with Kiln's hooks
-(provision/files/usr/local/lib/kiln/gunicorn.conf.py) serves a small Django app on a unix socket. The same start on
-the server: tests/infra/test_restart.py."""
+"""kiln-web's gunicorn: the app imported once, by the master, after it bound its socket (a request meanwhile waits and
+is answered, never refused), its workers forks of it; a database connection the import opened is not inherited by the
+workers; the master's objects frozen out of the workers' garbage collections; the cache backends made by the master;
+the "a worker serves" marker that kiln-rqworker waits for; the client's address (nginx's X-Real-IP) as REMOTE_ADDR. A
+real gunicorn with Kiln's hooks (provision/files/usr/local/lib/kiln/gunicorn.conf.py) serves a small Django app on a
+unix socket. The same start on the server: tests/infra/test_restart.py."""
 
 from __future__ import annotations
 
@@ -29,8 +29,17 @@ bound_before_import = os.path.exists(os.environ["T_SOCK"])
 time.sleep(float(os.environ["T_IMPORT_S"]))  # a slow import: a request meanwhile must wait for it
 import django
 from django.conf import settings
-settings.configure(DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["T_DB"]}})
+from django.core.cache.backends.locmem import LocMemCache
+
+class PidCache(LocMemCache):  # a cache backend that says which process made it
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.made_by = os.getpid()
+
+settings.configure(DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["T_DB"]}},
+                   CACHES={"default": {"BACKEND": "preloadapp.PidCache"}})
 django.setup()
+from django.core.cache import caches
 from django.db import connection
 with open(os.environ["T_IMPORTS"], "a") as f:
     f.write(f"{os.getpid()} {'bound' if bound_before_import else 'unbound'}\\n")
@@ -39,7 +48,8 @@ with connection.cursor() as c:
 
 def app(environ, start_response):
     body = json.dumps({"pid": os.getpid(), "inherited_connection": connection.connection is not None,
-                       "frozen": gc.get_freeze_count(), "remote_addr": environ.get("REMOTE_ADDR")}).encode()
+                       "frozen": gc.get_freeze_count(), "remote_addr": environ.get("REMOTE_ADDR"),
+                       "cache_made_by": caches["default"].made_by}).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body]
 """
@@ -101,11 +111,12 @@ def test_workers_are_forks_of_a_master_that_imported_the_app_once(tmp_path):
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert marker.exists(), f"no serving marker {marker.name} (gunicorn rc={proc.poll()})"
-        seen, frozen = {}, {}
+        seen, frozen, cache_made_by = {}, {}, {}
         for _ in range(60):  # bounded: enough requests to reach every worker, usually
             r = get(sock)
             seen[r["pid"]] = r["inherited_connection"]
             frozen[r["pid"]] = r["frozen"]
+            cache_made_by[r["pid"]] = r["cache_made_by"]
             if len(seen) == workers:
                 break
         imports = (tmp_path / "imports").read_text().splitlines()
@@ -117,6 +128,8 @@ def test_workers_are_forks_of_a_master_that_imported_the_app_once(tmp_path):
         assert proc.pid not in seen and seen, f"workers {seen}"
         inherited = [pid for pid, yes in seen.items() if yes]
         assert not inherited, f"workers {inherited} inherited the master's open database connection"
+        # the cache backends (their clients imported) are made once by the master, not in each worker's first request
+        assert set(cache_made_by.values()) == {proc.pid}, f"cache backend made by (worker: maker) {cache_made_by}"
         # the master's objects (Django's, the app's: tens of thousands) are out of the workers' collections
         assert all(n > 10_000 for n in frozen.values()), f"objects frozen per worker: {frozen}"
         # the client's address, as nginx names it in X-Real-IP (the socket's peer has none): what the app sees

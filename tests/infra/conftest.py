@@ -91,6 +91,12 @@ def pytest_configure(config):
 # Where the session's time goes (issue 9): every command sent to the target is counted and timed per test module
 # (fixtures included); the summary prints them, and how many went through the root shell (rootshell.py).
 COMMANDS: dict[str, list[float]] = {}
+SLOWEST: list[tuple[float, str, str]] = []  # (seconds, module, command): the commands the suites' time goes to
+SLOWEST_SHOWN = 15
+# what a printed command must not show: the instance's passwords and tokens the suites pass in variables and headers
+_SECRET_VALUE = re.compile(
+    r"\b([A-Z_]*(?:AUTH|PASSWORD|SECRET|TOKEN|KEY)[A-Z_]*=)(?:'[^']*'|\S+)|(Authorization: *\w+ )[^'\"\s]+"
+)
 _CURRENT = ["session"]
 
 
@@ -106,9 +112,14 @@ def _count_commands() -> None:
         try:
             return real(self, command, *args, **kwargs)
         finally:
+            took = time.monotonic() - t0
             tally = COMMANDS.setdefault(_CURRENT[0], [0, 0.0])
             tally[0] += 1
-            tally[1] += time.monotonic() - t0
+            tally[1] += took
+            shown = _SECRET_VALUE.sub(lambda m: f"{m.group(1) or m.group(2)}***", " ".join(str(command).split()))
+            SLOWEST.append((took, _CURRENT[0], shown[:140]))
+            SLOWEST.sort(reverse=True)
+            del SLOWEST[SLOWEST_SHOWN:]
 
     timed.kiln_counted = True
     SshBackend.run = timed
@@ -132,6 +143,8 @@ def pytest_terminal_summary(terminalreporter):
         f"{rootshell.USED[0]} of them through the root shell; by module: "
         + ", ".join(f"{m} {int(c)}/{t:.0f}s" for m, (c, t) in sorted(COMMANDS.items(), key=lambda kv: -kv[1][1]))
     )
+    for took, module, command in SLOWEST:
+        terminalreporter.write_line(f"kiln: slowest: {took:6.1f} s  {module}: {command}")
 
 
 def pytest_collection_modifyitems(config, items):

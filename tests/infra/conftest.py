@@ -93,10 +93,18 @@ def pytest_configure(config):
 COMMANDS: dict[str, list[float]] = {}
 SLOWEST: list[tuple[float, str, str]] = []  # (seconds, module, command): the commands the suites' time goes to
 SLOWEST_SHOWN = 15
-# what a printed command must not show: the instance's passwords and tokens the suites pass in variables and headers
-_SECRET_VALUE = re.compile(
-    r"\b([A-Z_]*(?:AUTH|PASSWORD|SECRET|TOKEN|KEY)[A-Z_]*=)(?:'[^']*'|\S+)|(Authorization: *\w+ )[^'\"\s]+"
-)
+# What a printed command must not show: the passwords and tokens the suites pass in variables, headers and URLs. A
+# command is cut at the first of them (its value may be quoted in any of the shell's ways), a URL's password masked.
+_SECRET_START = re.compile(r"\b[A-Z_]*(?:AUTH|PASSWORD|SECRET|TOKEN|KEY)[A-Z_]*=|Authorization:", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+
+
+def shown_command(command: str) -> str:
+    text = _URL_PASSWORD.sub(r"\1***@", " ".join(str(command).split()))
+    cut = _SECRET_START.search(text)
+    return text if cut is None else text[: cut.end()] + "*** (the rest not shown)"
+
+
 _CURRENT = ["session"]
 
 
@@ -116,8 +124,7 @@ def _count_commands() -> None:
             tally = COMMANDS.setdefault(_CURRENT[0], [0, 0.0])
             tally[0] += 1
             tally[1] += took
-            shown = _SECRET_VALUE.sub(lambda m: f"{m.group(1) or m.group(2)}***", " ".join(str(command).split()))
-            SLOWEST.append((took, _CURRENT[0], shown[:140]))
+            SLOWEST.append((took, _CURRENT[0], shown_command(command)[:160]))
             SLOWEST.sort(reverse=True)
             del SLOWEST[SLOWEST_SHOWN:]
 

@@ -67,10 +67,10 @@ release: app-check ## A release artifact of APP for DISTRO (the app + its wheelh
 .PHONY: image-check image-hygiene image-boot
 image-check: image-hygiene image-boot ## Image hygiene (DigitalOcean rules, stricter), then two boots with QEMU: a Hetzner server (metadata API), a 1 GB NoCloud VPS
 
-image-hygiene:
+image-hygiene: ## The image hygiene part of image-check alone (make test runs it beside the build's tail)
 	$(call stage,image hygiene,tests/image/hygiene-check.sh)
 
-image-boot:
+image-boot: ## The two boots of image-check alone (make test runs them with nothing beside them)
 	$(call stage,boot check,B_MEM=$(SMALL_VPS_MB) tests/image/boot-check.sh)
 
 .PHONY: test-provision

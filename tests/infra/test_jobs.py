@@ -53,13 +53,19 @@ def rq(host, code: str, timeout: int = 120):
 
 
 def enqueue_sleep(host, seconds: int, retries: int = 0, wait_started: bool = True) -> dict:
-    """Enqueue time.sleep(seconds); with wait_started, poll (in the same process, so it is quick under TCG) until a
-    worker has started it. Returns the job state incl. the worker's name and pid."""
+    """Enqueue time.sleep(seconds) (enqueue)."""
+    return enqueue(host, f'"time.sleep", {seconds}', retries, wait_started)
+
+
+def enqueue(host, call: str, retries: int = 0, wait_started: bool = True, job_timeout: int = 300) -> dict:
+    """Enqueue `call` (q.enqueue's function and its arguments, as Python source); with wait_started, poll (in the same
+    process, so it is quick under TCG) until a worker has started it. Returns the job state incl. the worker's name
+    and pid."""
     retry = f", retry=Retry(max={retries})" if retries else ""
     return rq(
         host,
         f"""
-        job = q.enqueue("time.sleep", {seconds}, job_timeout=300, result_ttl=3600, failure_ttl=3600{retry})
+        job = q.enqueue({call}, job_timeout={job_timeout}, result_ttl=3600, failure_ttl=3600{retry})
         deadline = time.time() + 90
         s = job_state(job.id)
         while {wait_started!r} and not (s["status"] == "started" and s["worker"]) and time.time() < deadline:

@@ -80,6 +80,7 @@ STATIC = "/static/admin/css/base.css"
 NEXT_SOCKET = "/run/kiln/gunicorn-next.sock"
 UPSTREAM = "/etc/nginx/snippets/kiln-upstream.conf"
 KEEP_DROPIN = "/run/systemd/system/kiln-retention.service.d/50-kiln-test-release.conf"
+JOB_GATE = "/var/tmp/kiln-test-deploy-job"  # the deploy test's job ends once JOB_GATE/release exists
 
 # The load loop, run on the target with its python3: three threads until the stop file appears (bounded), each request
 # on a new connection (Connection: close): a client that reuses a keep-alive connection may meet an old nginx worker
@@ -235,10 +236,11 @@ def releases(host):
     print(f"built {GOOD}, {NO_IMPORT}, {UNHEALTHY} in {time.monotonic() - t0:.0f} s (release {original} was current)")
     yield {"original": original}
     try:
-        sh(host, f"touch {DEPLOY}/job-may-end")  # a deploy test's job, should it still wait
+        sh(host, f"touch {JOB_GATE}/release 2>/dev/null || true")  # the deploy test's job, should it still wait
         if out(host, "kiln-release current") != original:
             sh(host, f"kiln-release switch {original}", timeout=900)
-        sh(host, f"rm -rf {DEPLOY} /srv/kiln/releases/9.9.*-deploy-* /srv/kiln/releases/{original}/.kiln-bad")
+        sh(host, f"rm -rf {DEPLOY} {JOB_GATE} /srv/kiln/releases/9.9.*-deploy-*")
+        sh(host, f"rm -f /srv/kiln/releases/{original}/.kiln-bad")
         if previous:
             sh(host, f"ln -sfn {previous} /srv/kiln/previous")
     finally:
@@ -248,11 +250,34 @@ def releases(host):
 def test_a_deploy_serves_the_changed_app_without_dropping_a_request_and_a_running_job_finishes(host, releases):
     assert served_version(host) == "original"
     before = web_master(host)
-    job = jobs.started(host, 90)  # still running when the deploy stops the workers (~1 min in)
+    # A job that runs until its worker has been asked to stop: the deploy's warm stop of the workers is what it
+    # finishes under, however long the deploy takes to get there (a fixed time.sleep could end before it on a slow
+    # machine, or hold the deploy long after it). The release file's directory is its own, 0755 explicitly: the
+    # target's umask (027) makes DEPLOY 0750, which the app's user, who runs the job, cannot enter.
+    gate = JOB_GATE
+    sh(host, f"install -d -m 0755 {gate} && rm -f {gate}/release {gate}/seen")
+    waits = f"until [ -e {gate}/release ]; do sleep 0.5; done"
+    job = jobs.enqueue(host, f'"subprocess.run", ["sh", "-c", "{waits}"]', job_timeout=600)
+    assert job["status"] == "started" and job["worker"], f"the job was not started by a worker: {job}"
+    # On the target, bounded (600 polls, 5 min): once rq logs the warm stop of the job's own worker (its pid: no
+    # earlier line matches), 5 s more, and the worker must still be there, waiting for its job (a stop that killed it
+    # would leave the job's work horse to kiln-rqworker's reaping at the worker's next start); then the job may end.
+    pid = job["worker"]["pid"]
+    sh(
+        host,
+        "setsid -f sh -c '"
+        f'i=0; until grep -qsF "[PID {pid}]: warm shut down requested" /var/log/kiln/worker-*.log; do i=$((i+1)); '
+        f"if [ $i -gt 600 ]; then echo no warm stop logged > {gate}/seen; touch {gate}/release; exit 0; fi; "
+        f"sleep 0.5; done; sleep 5; if kill -0 {pid}; then echo waited; else echo gone 5 s after its TERM; fi "
+        f"> {gate}/seen; touch {gate}/release' </dev/null >/dev/null 2>&1",
+    )
     with load_loop(host, "deploy") as counts:
         rc, said, took = deploy(host, "deploy", f"{DEPLOY}/good", GOOD)
         served = [served_version(host) for _ in range(3)]
     print(f"deploy of {GOOD}: rc {rc} in {took:.0f} s\n{said[-2500:]}")
+    seen = out(host, f"cat {gate}/seen 2>/dev/null || echo 'not seen yet'")
+    print(f"the job's worker (pid {pid}) at the deploy's stop of the workers: {seen}")
+    assert seen == "waited", f"the deploy's stop of the job's worker (pid {pid}): {seen}\n{said}"
     assert rc == 0, f"the deploy failed:\n{said}"
     assert served == [TOKEN] * 3, f"after the deploy /healthz says {served}, not the changed app's {TOKEN}"
     assert_nothing_dropped(counts, "deploy")
@@ -266,10 +291,9 @@ def test_a_deploy_serves_the_changed_app_without_dropping_a_request_and_a_runnin
     assert alias == f"alias /srv/kiln/releases/{GOOD}/static/;", f"nginx serves the static files from: {alias}"
     assert "releases kept:" in said, f"the deploy pruned nothing (no 'releases kept:'):\n{said}"
     final = jobs.wait_final(host, job["id"], 120, want=("finished", "failed", "stopped", "canceled"))
-    print(f"job {job['id']} (time.sleep(90), started on {job['worker']}): {final['status']}")
+    print(f"job {job['id']} (runs until its worker's warm stop, started on {job['worker']}): {final['status']}")
     assert final["status"] == "finished", f"the job running during the deploy did not finish: {final}\n{said}"
     assert "workers stopped warmly" in said, f"the workers were not restarted by the deploy:\n{said}"
-    pid = job["worker"]["pid"]
     assert "rqworker" not in out(host, f"ps -o args= -p {pid} || true"), (
         f"the worker that ran the job (pid {pid}) still runs: not restarted on {GOOD}"
     )

@@ -49,7 +49,8 @@ RQ_PRELUDE = textwrap.dedent("""
 
 
 def rq(host, code: str, timeout: int = 120):
-    return app_python(host, RQ_PRELUDE + textwrap.dedent(code), timeout=timeout)
+    # django_rq reads the app's RQ_QUEUES from its settings; nothing here needs the app's models
+    return app_python(host, RQ_PRELUDE + textwrap.dedent(code), timeout=timeout, setup=False)
 
 
 def enqueue_sleep(host, seconds: int, retries: int = 0, wait_started: bool = True) -> dict:

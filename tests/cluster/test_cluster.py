@@ -316,10 +316,10 @@ def test_each_role_runs_only_its_units(env: Env, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def port_scans(env: Env) -> dict[str, dict[int, str]]:
-    """Every host that came up, scanned from the client at once: a scan waits out its timeout on each dropped port
-    (2 s), one host after the other that was 2 s apiece."""
+    """Every host that came up, scanned from the client at once: each scan waits out its 2 s timeout on the dropped
+    ports, so one host after the other took 2 s apiece."""
     up = [name for name in ROLE if name not in env.broken]
-    with concurrent.futures.ThreadPoolExecutor(len(up)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(up))) as pool:
         return dict(zip(up, pool.map(lambda name: env.client.scan(ADDR[name]), up), strict=True))
 
 

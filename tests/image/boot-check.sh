@@ -134,7 +134,7 @@ profile() { # profile NAME: what lay on the path to the first /readyz 200, and h
     echo "== kiln-firstboot"; journalctl -b -u kiln-firstboot-secrets -u kiln-firstboot -u kiln-firstboot-db -u kiln-firstboot-late --no-pager -o cat | grep "kiln-firstboot:"
     echo "== rq workers"; grep -h "^kiln-rqworker" /var/log/kiln/worker-*.log
     echo "== the path to the first answer (seconds of kernel time, the journal)"
-    journalctl -b -o short-monotonic --no-pager | grep -E "Reached target network.target|Finished kiln-firstboot(-db)?[.]service|Started (mariadb|nginx|supervisor)[.]service|spawned: .kiln-web. |kiln-web-ready: the app answers" | grep -Ev "^[[][ 0-9.]+[]] [^ ]+ sudo[[]" | sed -E "s/^[[] *([0-9]+[.][0-9])[0-9]*[]] [^ ]+ /\1 /" | cut -c1-150
+    journalctl -b -o short-monotonic --no-pager SYSLOG_IDENTIFIER=systemd + SYSLOG_IDENTIFIER=supervisord + SYSLOG_IDENTIFIER=kiln-web-ready | grep -E "Reached target network.target|Finished kiln-firstboot(-db)?[.]service|Started (mariadb|nginx|supervisor)[.]service|spawned: .kiln-web. |kiln-web-ready: the app answers" | sed -E "s/^[[] *([0-9]+[.][0-9])[0-9]*[]] [^ ]+ /\1 /" | cut -c1-150
   '\''' >"$work/$n.profile" 2>&1 || true
   sed 's/^/    /' "$work/$n.profile"
   grep -q 'kiln-firstboot: migrations: skipped' "$work/$n.profile" \
